@@ -1,0 +1,81 @@
+"""pgdet's configuration keys.
+
+Every key pgdet adds to detectron2's config lives here, with what it means and where it comes from
+in Rao et al., "Learning Globally Optimized Object Detector via Policy Gradient" (CVPR 2018).
+Call :func:`add_pgdet_config` on ``detectron2.config.get_cfg()`` before merging a pgdet YAML file.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_pgdet_config(cfg):
+    """Add pgdet's keys, with their defaults, to a detectron2 config (in place)."""
+    _C = cfg
+
+    # ---- Policy-gradient classification loss (paper §3.3, Algorithm 1, eq. 6-11; SPEC §1) ----
+    _C.MODEL.PG = CN()
+    # Replace the box classifier's cross-entropy by the PG-weighted one. Off: detectron2's exact loss.
+    _C.MODEL.PG.ENABLED = False
+    # gamma, the weight of the auxiliary cross-entropy term (eq. 10). 1.0 = "ours (γ=1)", 0.0 = "γ=0".
+    _C.MODEL.PG.GAMMA = 1.0
+    # c, the scale of the advantage r(b) - r' (supplement Appendix C, eq. 2; not given in the paper).
+    _C.MODEL.PG.REWARD_SCALE = 1.0
+    # k, the number of Bernoulli actions sampled per image to estimate r(b) (§3.3: "k = 10").
+    _C.MODEL.PG.NUM_SAMPLES = 10
+    # How r(b) is estimated from the k actions: "joint" = (1/k) Σ_j r(a_j)[b ∈ a_j], the paper's
+    # Monte-Carlo estimate of Σ_a p(a) r(a) δ(a,b); "conditional" = mean r(a_j) over the actions
+    # that contain b (SPEC §1 step 5).
+    _C.MODEL.PG.REWARD_ESTIMATOR = "joint"
+    # Apply class-wise NMS (at MODEL.ROI_HEADS.NMS_THRESH_TEST) to each sampled action before
+    # scoring it. Off (paper-literal): the sampled selection is the final detection set.
+    _C.MODEL.PG.SAMPLE_NMS = False
+    # The baseline r' of eq. 9: "nms" = AP of the test-time NMS result (the paper), or
+    # "sampled_mean" = mean reward of the k sampled actions (self-critical style; beyond the paper).
+    _C.MODEL.PG.BASELINE = "nms"
+    # IoU thresholds of the per-image COCO-style AP reward (§4.1: "0.5:0.95").
+    _C.MODEL.PG.IOU_THRESHOLDS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    # N_bb of eq. 3: the detection cap of a sampled set, and COCO's maxDets of the reward.
+    _C.MODEL.PG.MAX_DETECTIONS = 100
+
+    # ---- Test-time soft-NMS (Bodla et al. 2017; paper Table 1 "soft NMS" rows) ----
+    _C.MODEL.SOFT_NMS = CN()
+    # Use soft-NMS instead of greedy NMS in the box head's inference.
+    _C.MODEL.SOFT_NMS.ENABLED = False
+    # "linear": s *= (1 - IoU) when IoU > IOU_THRESH; "gaussian": s *= exp(-IoU² / SIGMA).
+    _C.MODEL.SOFT_NMS.METHOD = "linear"
+    # IoU above which the linear method decays a score (Bodla et al. use 0.3; greedy NMS here 0.5).
+    _C.MODEL.SOFT_NMS.IOU_THRESH = 0.3
+    # sigma of the Gaussian penalty (Bodla et al.: 0.5).
+    _C.MODEL.SOFT_NMS.SIGMA = 0.5
+    # Boxes whose decayed score falls below this are dropped (Bodla et al.: 0.001).
+    _C.MODEL.SOFT_NMS.SCORE_THRESH = 0.001
+
+    # ---- Online hard example mining (Shrivastava et al. 2016; paper Table 1 "OHEM" row) ----
+    _C.MODEL.OHEM = CN()
+    # RoIs per image in the pool whose losses are computed without gradient (all proposals up to
+    # this many, sampled with MODEL.ROI_HEADS.POSITIVE_FRACTION ignored, as in the OHEM paper).
+    _C.MODEL.OHEM.POOL_SIZE_PER_IMAGE = 2000
+    # NMS threshold over the pool's RoIs ordered by loss, so near-identical RoIs are not all chosen.
+    _C.MODEL.OHEM.NMS_THRESH = 0.7
+    # B: hardest RoIs per image that are back-propagated (the standard sampler's 512 by default).
+    _C.MODEL.OHEM.BATCH_SIZE_PER_IMAGE = 512
+
+    # ---- Conv + 2fc box head (paper §4.1, SPEC §3) ----
+    _C.MODEL.ROI_BOX_HEAD.CONV_FC_CONV_DIM = 256  # channels of the 3x3 stride-2 conv (→ 7x7x256)
+    _C.MODEL.ROI_BOX_HEAD.CONV_FC_CONV_STRIDE = 2  # its stride: 14x14 RoIAlign → 7x7
+
+    # ---- Anchors per feature level (paper §4.1 FPN: P6 carries {256², 512²}) ----
+    # Declared for documentation; detectron2's DefaultAnchorGenerator already accepts one list of
+    # sizes per level (MODEL.ANCHOR_GENERATOR.SIZES), and pgdet's RPN head accepts differing counts.
+
+    # ---- Demo dataset (procedurally generated, no downloads) ----
+    _C.DATASETS.DEMO = CN()
+    # Where the generated images and COCO JSON are written ("" = ~/.cache/pgdet/demo).
+    _C.DATASETS.DEMO.ROOT = ""
+    # Seed of the generator: the same seed always produces the same images and boxes.
+    _C.DATASETS.DEMO.SEED = 0
+
+    # ---- Pascal-VOC-format datasets read in place (e.g. ../shared/data/bccd) ----
+    # A list of "name:dir:split" strings; each registers dataset `name` from VOC directory `dir`
+    # (the folder holding Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
+    _C.DATASETS.VOC_DIRS = []
+    return cfg

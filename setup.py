@@ -1,0 +1,11 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pgdet",
+    version="0.1.0",
+    description="Policy-gradient object detection (Rao et al., CVPR 2018) as a detectron2 extension",
+    packages=find_packages(include=["pgdet", "pgdet.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch", "torchvision", "fvcore", "pycocotools", "numpy"],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+)
