@@ -1,0 +1,215 @@
+"""The policy-gradient loss against independent oracles.
+
+- detectron2's own FastRCNNOutputLayers loss (switch off; γ = 1 with c = 0);
+- the closed form of eq. 11 / supplement Appendix C for the gradient with fixed advantages;
+- the exact r(b) = Σ_a p(a) r(a) δ(a,b) by enumerating every action, each scored by pycocotools;
+- hand-made cases for the advantages that must be exactly zero.
+"""
+import contextlib
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import pgdet.modeling.pg_output_layers as pg_output_layers
+from pgdet.modeling.pg_output_layers import PGFastRCNNOutputLayers
+from pgdet.modeling.policy_gradient import PGAdvantages, PGSettings, compute_advantages
+
+NUM_CLASSES = 3
+IMAGE_SIZE = (200, 240)
+
+
+def _predictor(cls=PGFastRCNNOutputLayers, **pg):
+    torch.manual_seed(0)
+    kwargs = dict(
+        input_shape=ShapeSpec(channels=16),
+        box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
+        num_classes=NUM_CLASSES,
+    )
+    return cls(**kwargs, **pg)
+
+
+def _image(num_gt, num_rois, seed):
+    """Proposals with gt_classes/gt_boxes as StandardROIHeads samples them, and the full GT."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(num_gt, 2, generator=g) * 150
+    gt_boxes = torch.cat([xy, xy + 20 + torch.rand(num_gt, 2, generator=g) * 40], dim=1)
+    gt = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt_boxes),
+                   gt_classes=torch.randint(NUM_CLASSES, (num_gt,), generator=g))
+    match = torch.randint(max(num_gt, 1), (num_rois,), generator=g)
+    fg = torch.rand(num_rois, generator=g) < 0.4
+    if num_gt:
+        boxes = gt_boxes[match] + torch.randn(num_rois, 4, generator=g) * 4
+        classes = torch.where(fg, gt.gt_classes[match], torch.full_like(match, NUM_CLASSES))
+    else:
+        boxes = torch.tensor([[10.0, 10.0, 60.0, 60.0]]).repeat(num_rois, 1)
+        classes = torch.full((num_rois,), NUM_CLASSES)
+    props = Instances(IMAGE_SIZE, proposal_boxes=Boxes(boxes), gt_classes=classes,
+                      gt_boxes=Boxes(gt_boxes[match] if num_gt else boxes))
+    props._pg_targets = gt
+    return props
+
+
+def _batch():
+    return [_image(5, 40, 1), _image(3, 30, 2), _image(0, 20, 3)]
+
+
+def test_switch_off_is_detectron2_loss():
+    proposals = _batch()
+    features = torch.randn(sum(len(p) for p in proposals), 16)
+    standard = _predictor(FastRCNNOutputLayers)
+    for pg in (dict(pg_enabled=False), dict(pg_enabled=True, pg_gamma=1.0, pg_reward_scale=0.0)):
+        ours = _predictor(**pg)
+        ours.load_state_dict(standard.state_dict())
+        with EventStorage():
+            ref = standard.losses(standard(features), proposals)
+            got = ours.losses(ours(features), proposals)
+        for name in ("loss_cls", "loss_box_reg"):
+            torch.testing.assert_close(got[name], ref[name], rtol=1e-6, atol=1e-7)
+        grads = [
+            torch.autograd.grad(loss["loss_cls"] + loss["loss_box_reg"], m.parameters())
+            for loss, m in ((ref, standard), (got, ours))
+        ]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("gamma,scale", [(1.0, 1.0), (0.0, 1.0), (1.0, 2.5), (0.5, 0.3)])
+def test_gradient_is_eq11_closed_form(monkeypatch, gamma, scale):
+    proposals = _batch()
+    num_rois = sum(len(p) for p in proposals)
+    gt_classes = torch.cat([p.gt_classes for p in proposals])
+    fixed = torch.randn(num_rois, generator=torch.Generator().manual_seed(7)) * 0.3
+    monkeypatch.setattr(
+        pg_output_layers, "compute_advantages",
+        lambda *a, **k: PGAdvantages(fixed, torch.zeros(1), torch.zeros(1, 1),
+                                     torch.ones(num_rois, dtype=torch.bool)),
+    )
+    predictor = _predictor(pg_enabled=True, pg_gamma=gamma, pg_reward_scale=scale)
+    logits = torch.randn(num_rois, NUM_CLASSES + 1, requires_grad=True)
+    deltas = torch.randn(num_rois, NUM_CLASSES * 4) * 0.1
+    with EventStorage():
+        loss = predictor.losses((logits, deltas), proposals)["loss_cls"]
+    (grad,) = torch.autograd.grad(loss, logits)
+
+    # eq. 11 / Appendix C: d L_b / d x_{b,l_b} = (c(r(b) - r') + γ)(p_b - 1), and
+    # (c·A + γ) p_j on the other classes; the loss is a mean over the R RoIs.
+    p = torch.softmax(logits.detach(), dim=1)
+    weight = (scale * fixed + gamma)[:, None]
+    expected = weight * (p - torch.nn.functional.one_hot(gt_classes, NUM_CLASSES + 1)) / num_rois
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-8)
+    rows = torch.arange(num_rois)
+    torch.testing.assert_close(
+        grad[rows, gt_classes] * num_rois,
+        ((scale * fixed + gamma) * (p[rows, gt_classes] - 1)), rtol=1e-5, atol=1e-7,
+    )
+
+
+def _coco_ap(boxes, scores, classes, gt_boxes, gt_classes):
+    """pycocotools' stats[0] on one image: the oracle for a detection set's reward."""
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1}],
+        "categories": [{"id": c} for c in range(NUM_CLASSES)],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": 0,
+             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}
+            for i, (b, c) in enumerate(zip(gt_boxes.tolist(), gt_classes.tolist()))
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        if len(boxes) == 0:
+            return 0.0
+        dets = np.array([[1, b[0], b[1], b[2] - b[0], b[3] - b[1], s, c]
+                         for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())])
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return max(ev.stats[0], 0.0)
+
+
+@pytest.mark.parametrize("estimator", ["joint", "conditional"])
+def test_estimator_converges_to_enumerated_expectation(estimator):
+    """8 candidates, all 256 actions enumerated: r(b) exact vs the k-sample Monte-Carlo value."""
+    g = torch.Generator().manual_seed(3)
+    gt_boxes = torch.tensor([[20.0, 20.0, 80.0, 90.0], [100.0, 40.0, 170.0, 100.0]])
+    gt_classes = torch.tensor([0, 1])
+    match = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    cand = gt_boxes[match] + torch.randn(8, 4, generator=g) * 6
+    probs = torch.full((8, NUM_CLASSES + 1), 0.02)
+    p_b = torch.tensor([0.9, 0.6, 0.35, 0.15, 0.8, 0.5, 0.3, 0.7])
+    probs[torch.arange(8), gt_classes[match]] = p_b
+    probs[:, -1] = 1 - probs[:, :-1].sum(1)
+    boxes = cand.repeat(1, NUM_CLASSES)
+    props = Instances(IMAGE_SIZE, proposal_boxes=Boxes(cand), gt_classes=gt_classes[match])
+    gt = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt_boxes), gt_classes=gt_classes)
+
+    exact = torch.zeros(8)
+    for bits in itertools.product([0, 1], repeat=8):
+        chosen = torch.tensor(bits, dtype=torch.bool)
+        prob = torch.where(chosen, p_b, 1 - p_b).prod()
+        reward = _coco_ap(cand[chosen], p_b[chosen], gt_classes[match][chosen], gt_boxes, gt_classes)
+        exact += prob * reward * chosen
+    if estimator == "conditional":
+        exact /= p_b
+
+    # score threshold 1.0 empties the NMS baseline D: r' = 0 and no candidate is in D, so A_b = r(b)
+    settings = PGSettings(num_samples=20000, reward_estimator=estimator, test_score_thresh=1.0)
+    pg = compute_advantages([probs], [boxes], [props], [gt], settings,
+                            torch.Generator().manual_seed(0))
+    assert pg.baseline_reward.item() == 0.0
+    torch.testing.assert_close(pg.advantages, exact, atol=0.012, rtol=0)
+
+
+def test_zero_advantages_for_nms_selected_background_and_no_gt():
+    with_gt, no_gt = _image(4, 30, 11), _image(0, 12, 12)
+    num_rois = len(with_gt) + len(no_gt)
+    g = torch.Generator().manual_seed(5)
+    probs = torch.softmax(torch.randn(num_rois, NUM_CLASSES + 1, generator=g) * 3, dim=1)
+    boxes = torch.cat([p.proposal_boxes.tensor for p in (with_gt, no_gt)]).repeat(1, NUM_CLASSES)
+    pg = compute_advantages(
+        list(probs.split([len(with_gt), len(no_gt)])), list(boxes.split([len(with_gt), len(no_gt)])),
+        [with_gt, no_gt], [with_gt._pg_targets, no_gt._pg_targets], PGSettings(),
+        torch.Generator().manual_seed(1),
+    )
+    adv = pg.advantages.split([len(with_gt), len(no_gt)])
+    assert torch.all(adv[1] == 0), "image without ground truth"
+    background = with_gt.gt_classes == NUM_CLASSES
+    assert torch.all(adv[0][background] == 0)
+
+    # The NMS baseline, recomputed here with torchvision: a foreground RoI kept with its own class
+    import torchvision
+
+    p = probs[: len(with_gt), :-1]
+    b = boxes[: len(with_gt)].view(-1, NUM_CLASSES, 4).clamp(min=0)
+    b[..., 0::2] = b[..., 0::2].clamp(max=IMAGE_SIZE[1])
+    b[..., 1::2] = b[..., 1::2].clamp(max=IMAGE_SIZE[0])
+    roi, cls = (p > 0.05).nonzero(as_tuple=True)
+    keep = torchvision.ops.batched_nms(b[roi, cls], p[roi, cls], cls, 0.5)[:100]
+    in_d = set(zip(roi[keep].tolist(), cls[keep].tolist()))
+    selected_fg = [i for i, c in enumerate(with_gt.gt_classes.tolist()) if (i, c) in in_d]
+    assert selected_fg, "the case must contain NMS-selected foreground RoIs"
+    assert torch.all(adv[0][selected_fg] == 0)
+    others = ~background
+    others[selected_fg] = False
+    assert torch.all(pg.candidate_mask[: len(with_gt)] == others)
+    assert torch.any(adv[0][others] != 0)
+
+
+def test_sampling_reproducible_per_iteration_and_rank():
+    predictor = _predictor(pg_enabled=True, pg_seed=5)
+    a = torch.rand(100, generator=predictor._generator("cpu", 7))
+    b = torch.rand(100, generator=predictor._generator("cpu", 7))
+    c = torch.rand(100, generator=predictor._generator("cpu", 8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
