@@ -63,9 +63,11 @@ def add_pgdet_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.CONV_FC_CONV_DIM = 256  # channels of the 3x3 stride-2 conv (→ 7x7x256)
     _C.MODEL.ROI_BOX_HEAD.CONV_FC_CONV_STRIDE = 2  # its stride: 14x14 RoIAlign → 7x7
 
-    # ---- Anchors per feature level (paper §4.1 FPN: P6 carries {256², 512²}) ----
-    # Declared for documentation; detectron2's DefaultAnchorGenerator already accepts one list of
-    # sizes per level (MODEL.ANCHOR_GENERATOR.SIZES), and pgdet's RPN head accepts differing counts.
+    # ---- Training data order ----
+    # Batch of iteration i = a function of (SEED, i, rank), so --resume continues the exact data
+    # and augmentation stream (pgdet/data/iteration_loader.py). False: detectron2's loader, which
+    # groups images by aspect ratio but restarts its stream on resume.
+    _C.DATALOADER.EXACT_RESUME = True
 
     # ---- Demo dataset (procedurally generated, no downloads) ----
     _C.DATASETS.DEMO = CN()

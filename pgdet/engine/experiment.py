@@ -1,0 +1,91 @@
+"""Run training stages as ``train_net.py`` processes and collect their COCO metrics.
+
+The paper's protocol is two-stage (train a baseline to convergence, then fine-tune it with each
+method from the same checkpoint), so a stage is a separate ``train_net.py`` run with its own
+OUTPUT_DIR. Each stage prints the exact command it runs, so a user can rerun any step by hand, and
+a stage whose OUTPUT_DIR already holds a finished result is reused, not retrained: an interrupted
+experiment continues where it stopped.
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Sequence
+
+from .trainer import EVAL_FILE
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+DONE_FILE = "pgdet_stage_done.json"
+
+
+def final_metrics(output_dir: str) -> Dict[str, float]:
+    """bbox metrics of the last evaluation of a run (written by :meth:`Trainer.test`)."""
+    path = os.path.join(output_dir, EVAL_FILE)
+    if not os.path.isfile(path):
+        raise RuntimeError(f"No {EVAL_FILE} in {output_dir}: did the evaluation run?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_stage(
+    name: str, config_file: str, output_dir: str, opts: Sequence[str] = (), num_gpus: int = 1,
+    eval_only: bool = False,
+) -> Dict[str, float]:
+    """Train (or evaluate) one stage unless `output_dir` already holds its final metrics.
+
+    The process's full log goes to ``<output_dir>/log_<name>.txt``; progress lines (iteration
+    losses and the metrics table) are echoed so that a long run is visibly alive.
+    """
+    done = os.path.join(output_dir, DONE_FILE)
+    if os.path.isfile(done):
+        with open(done) as f:
+            metrics = json.load(f)
+        print(f"[{name}] reusing finished run in {output_dir}: AP {metrics['AP']:.2f}", flush=True)
+        return metrics
+    os.makedirs(output_dir, exist_ok=True)
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_file,
+           "--num-gpus", str(num_gpus)]
+    if eval_only:
+        cmd.append("--eval-only")
+    elif os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        cmd.append("--resume")
+    cmd += ["OUTPUT_DIR", output_dir, *opts]
+    print(f"[{name}] $ {shlex.join(cmd)}", flush=True)
+    start = time.time()
+    _run_logged(cmd, os.path.join(output_dir, f"log_{name}.txt"), name)
+    metrics = final_metrics(output_dir)
+    print(f"[{name}] finished in {time.time() - start:.0f}s: AP {metrics['AP']:.2f}", flush=True)
+    with open(done, "w") as f:
+        json.dump(metrics, f)
+    return metrics
+
+
+def _run_logged(cmd: List[str], log_path: str, name: str):
+    """Run `cmd`, writing everything to `log_path` and echoing progress lines to stdout."""
+    echo = ("eta:", "Evaluation results for bbox", "|   AP   |", "|:---", "| ", "Error", "error")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=REPO, bufsize=1)
+        for line in proc.stdout:
+            log.write(line)
+            if any(tag in line for tag in echo):
+                print(f"[{name}] {line.rstrip()[-150:]}", flush=True)
+        if proc.wait() != 0:
+            raise RuntimeError(f"Stage {name!r} failed (exit {proc.returncode}); see {log_path}")
+
+
+def format_table(rows: Dict[str, Dict[str, float]], reference: Dict[str, float] = None) -> str:
+    """A markdown table with one row per run and the COCO columns (values in %)."""
+    header = "| run | " + " | ".join(METRIC_KEYS) + " |"
+    lines = [header, "|" + "---|" * (len(METRIC_KEYS) + 1)]
+    for run, metrics in rows.items():
+        cells = []
+        for k in METRIC_KEYS:
+            value = metrics.get(k, float("nan"))
+            delta = "" if reference is None else f" ({value - reference[k]:+.1f})"
+            cells.append(f"{value:.1f}{delta}")
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Build the config of a run from a YAML file and ``KEY VALUE`` overrides, with clear errors."""
+import difflib
+import logging
+import os
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_setup
+
+from ..config import add_pgdet_config
+from ..data import check_datasets_exist, register_datasets_from_cfg
+from .trainer import default_device
+
+logger = logging.getLogger("pgdet")
+
+
+class ConfigError(ValueError):
+    """A config file or override that pgdet cannot use; the message says what to change."""
+
+
+def _all_keys(cfg, prefix=""):
+    for key, value in cfg.items():
+        full = prefix + key
+        if hasattr(value, "items"):
+            yield from _all_keys(value, full + ".")
+        else:
+            yield full
+
+
+def _unknown_key_error(cfg, error, source):
+    """Turn detectron2's KeyError/AssertionError for a non-existent key into a ConfigError."""
+    text = str(error).strip("'\"")
+    key = text.split(":")[-1].strip()
+    close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"Unknown config key {key!r} in {source}.{hint}")
+
+
+def build_cfg(config_file: str = "", opts=()):
+    """The run's config: detectron2 defaults + pgdet keys + `config_file` + `opts`, not frozen.
+
+    MODEL.DEVICE is switched from cuda to cpu when no GPU is visible, so the paper's configs run
+    unchanged on a CPU machine.
+    """
+    cfg = get_cfg()
+    add_pgdet_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"Config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            raise _unknown_key_error(cfg, e, config_file) from None
+    if len(opts) % 2:
+        raise ConfigError(f"Overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        raise _unknown_key_error(cfg, e, "the command-line overrides") from None
+    if cfg.MODEL.DEVICE.startswith("cuda") and default_device() == "cpu":
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def setup(args):
+    """Config + logging + datasets of a ``train_net.py`` run (STYLE.md's ``setup(args)``)."""
+    cfg = build_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cfg.MODEL.DEVICE == "cpu":
+        logger.info("No GPU visible: running on CPU.")
+    register_datasets_from_cfg(cfg)
+    names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    check_datasets_exist(names)
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights) and not args.resume:
+        raise ConfigError(
+            f"MODEL.WEIGHTS file not found: {weights}. A PG config starts from the baseline's "
+            "final weights: train the baseline first, or pass MODEL.WEIGHTS <path>."
+        )
+    if cfg.MODEL.PG.ENABLED and not args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
+        logger.warning(
+            "\n%s\nPolicy-gradient training (MODEL.PG.ENABLED) is starting without MODEL.WEIGHTS.\n"
+            "The paper fine-tunes a *converged* baseline: train the baseline config first, then\n"
+            "pass MODEL.WEIGHTS <baseline OUTPUT_DIR>/model_final.pth.\n%s", "!" * 78, "!" * 78,
+        )
+    return cfg

@@ -1,0 +1,143 @@
+"""Training and evaluation through detectron2's DefaultTrainer, with what pgdet needs on top.
+
+- COCO evaluation (detectron2's COCOEvaluator; pycocotools where detectron2's C++ is absent) for
+  every dataset, COCO or not: COCOEvaluator converts any registered dataset to COCO json.
+- Distributed training on CPU: detectron2's ``create_ddp_model`` passes ``device_ids``, which
+  DistributedDataParallel rejects for a CPU model, so :meth:`Trainer.__init__` builds the DDP
+  wrapper itself (gloo on CPU, NCCL on GPU as usual).
+- Exact resume: the data of iteration i (pgdet/data/iteration_loader.py) and every random draw
+  of the model at iteration i (RoI/anchor sampling, the PG actions) are functions of
+  (SEED, i, rank), and checkpoints are tagged atomically, so a run killed at any moment and
+  restarted with ``--resume`` ends with the same weights as an uninterrupted one.
+- A training batch that produces non-finite values is named by its dataset image ids.
+"""
+import json
+import logging
+import os
+import random
+import weakref
+
+import numpy as np
+import torch
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
+from .checkpoint import PGCheckpointer
+
+logger = logging.getLogger("pgdet")
+EVAL_FILE = "eval_metrics.json"  # what pgdet.engine.experiment reads
+
+
+class _BatchRecorder:
+    """Iterates a data loader and remembers the image ids of the batch it handed out last."""
+
+    def __init__(self, data_loader):
+        self.data_loader = data_loader
+        self.last_image_ids = []
+
+    def __iter__(self):
+        for batch in self.data_loader:
+            self.last_image_ids = [d.get("image_id", d.get("file_name")) for d in batch]
+            yield batch
+
+
+def run_seed(cfg) -> int:
+    """The seed shared by all processes of a run (SEED, or one drawn by rank 0 if SEED < 0)."""
+    return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+
+
+class ReseedHook(HookBase):
+    """Seeds torch/numpy/random from (seed, iteration, rank) before every step."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_step(self):
+        seed = mix_seed(self.seed, self.trainer.iter, comm.get_rank())
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer, made to run DDP on CPU and to name bad batches."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        self._batches = _BatchRecorder(self.build_train_loader(cfg))
+        # DDP takes device_ids only for a module on one GPU; for CPU it must be None.
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        model = create_ddp_model(
+            model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, self._batches, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = PGCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        return [ReseedHook(run_seed(self.cfg))] + super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        sampler = getattr(self._batches.data_loader, "sampler", None)
+        if isinstance(sampler, IterationSampler):
+            sampler.start = self.start_iter
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if not cfg.DATALOADER.EXACT_RESUME:
+            return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, True))
+        dataset_dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        loader, _ = build_iteration_train_loader(
+            dataset_dicts, DatasetMapper(cfg, True), cfg.SOLVER.IMS_PER_BATCH, comm.get_rank(),
+            comm.get_world_size(), run_seed(cfg), cfg.DATALOADER.NUM_WORKERS,
+        )
+        return loader
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"{e}\nIteration {self.iter}; image ids of this batch: {self._batches.last_image_ids}"
+            ) from e
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, plus the first test set's bbox metrics in eval_metrics.json."""
+        results = super().test(cfg, model, evaluators)
+        first = results.get("bbox") or next(iter(results.values()), {}).get("bbox")
+        if comm.is_main_process() and first:
+            with open(os.path.join(cfg.OUTPUT_DIR, EVAL_FILE), "w") as f:
+                json.dump(first, f, indent=1)
+        return results
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu": configs say cuda, CPU machines still run them."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
