@@ -56,7 +56,8 @@ def _reference_image(boxes, scores, shape, score_thresh, topk, method, nt, sigma
     for k in range(num_classes):
         rois = [
             r for r in range(len(scores))
-            if np.isfinite(boxes[r]).all() and np.isfinite(scores[r]).all() and scores[r, k] > score_thresh
+            if np.isfinite(boxes[r]).all() and np.isfinite(scores[r]).all()
+            and scores[r, k] > score_thresh
         ]
         col = 0 if boxes.shape[1] == 4 else 4 * k
         cls_boxes = [
@@ -105,10 +106,12 @@ def test_matches_reference_on_random_images(method, class_agnostic):
     for trial in range(4):
         boxes, scores = zip(*[_random_image(gen, 40, 4, class_agnostic, s) for s in shapes])
         boxes, scores = list(boxes), list(scores)
-        boxes[0][3, 0] = float("nan")  # a non-finite RoI is ignored, indices still refer to input rows
+        # a non-finite RoI is ignored; the returned indices still refer to the input rows
+        boxes[0][3, 0] = float("nan")
         scores[1][5, 2] = float("inf")
         topk = [-1, 25, 1000, 7][trial]
-        options = dict(method=method, iou_thresh=0.3, sigma=0.5, prune_thresh=[0.001, 0.05, 0.0, 0.2][trial])
+        prune = [0.001, 0.05, 0.0, 0.2][trial]
+        options = dict(method=method, iou_thresh=0.3, sigma=0.5, prune_thresh=prune)
         results, kept = fast_rcnn_inference_soft_nms(boxes, scores, shapes, 0.05, topk, **options)
         for i, shape in enumerate(shapes):
             expected = _reference_image(
@@ -211,7 +214,9 @@ def test_predictor_uses_soft_nms_when_enabled():
     boxes = predictor.predict_boxes(predictions, proposals)
     probs = predictor.predict_probs(predictions, proposals)
     for i, p in enumerate(proposals):
-        expected = _reference_image(boxes[i], probs[i], p.image_size, 0.05, 100, "gaussian", 0.3, 0.5, 0.001)
+        expected = _reference_image(
+            boxes[i], probs[i], p.image_size, 0.05, 100, "gaussian", 0.3, 0.5, 0.001
+        )
         _assert_matches(results[i], kept[i], expected)
 
 

@@ -21,7 +21,9 @@ def check_soft_nms_config(cfg):
     soft = cfg.MODEL.SOFT_NMS
     problems = []
     if soft.METHOD not in SOFT_NMS_METHODS:
-        problems.append(f"MODEL.SOFT_NMS.METHOD must be one of {SOFT_NMS_METHODS}, got {soft.METHOD!r}")
+        problems.append(
+            f"MODEL.SOFT_NMS.METHOD must be one of {SOFT_NMS_METHODS}, got {soft.METHOD!r}"
+        )
     if not 0 < soft.IOU_THRESH < 1:
         problems.append(f"MODEL.SOFT_NMS.IOU_THRESH must be in (0, 1), got {soft.IOU_THRESH}")
     if not soft.SIGMA > 0:
@@ -74,7 +76,8 @@ def fast_rcnn_inference_soft_nms(
 
 
 def _soft_nms_single_image(
-    boxes, scores, image_shape, score_thresh, topk_per_image, method, iou_thresh, sigma, prune_thresh
+    boxes, scores, image_shape, score_thresh, topk_per_image, method, iou_thresh, sigma,
+    prune_thresh,
 ):
     """One image of :func:`fast_rcnn_inference_soft_nms`; input handling as detectron2's
     ``fast_rcnn_inference_single_image``, except that the returned RoI indices refer to the
