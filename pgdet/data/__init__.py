@@ -1,0 +1,54 @@
+"""pgdet's datasets: the procedurally generated demo, Pascal-VOC folders, and input checks.
+
+``import pgdet.data`` registers ``pgdet_demo_train`` / ``pgdet_demo_val`` under the default cache
+root (nothing is generated until first loaded). A config selects other datasets through:
+
+    DATASETS.DEMO.ROOT / DATASETS.DEMO.SEED   where and with which seed the demo is generated
+    DATASETS.VOC_DIRS: ["bccd_trainval:/work/shared/data/bccd/BCCD:trainval",
+                        "bccd_test:/work/shared/data/bccd/BCCD:test"]
+
+and the trainer calls :func:`register_datasets_from_cfg` then
+:func:`check_datasets_exist` on ``DATASETS.TRAIN + DATASETS.TEST``.
+"""
+from .checks import DatasetNotFoundError, UnknownDatasetError, check_datasets_exist
+from .demo import CLASS_NAMES as DEMO_CLASS_NAMES
+from .demo import generate_demo_dataset, register_demo_datasets
+from .mapper import CheckedDatasetMapper, ImageReadError
+from .voc import MalformedAnnotationError, register_voc_dataset
+
+__all__ = [
+    "CheckedDatasetMapper",
+    "DEMO_CLASS_NAMES",
+    "DatasetNotFoundError",
+    "ImageReadError",
+    "MalformedAnnotationError",
+    "UnknownDatasetError",
+    "check_datasets_exist",
+    "generate_demo_dataset",
+    "parse_voc_dir_entry",
+    "register_datasets_from_cfg",
+    "register_demo_datasets",
+    "register_voc_dataset",
+]
+
+
+def parse_voc_dir_entry(entry: str):
+    """``"name:dir:split"`` → ``(name, dir, split)``; ``dir`` may itself contain colons."""
+    name, sep, rest = entry.partition(":")
+    dirname, sep2, split = rest.rpartition(":")
+    if not (sep and sep2 and name and dirname and split):
+        raise ValueError(
+            f"DATASETS.VOC_DIRS entry {entry!r} is not 'name:dir:split', "
+            "e.g. 'bccd_test:/work/shared/data/bccd/BCCD:test'."
+        )
+    return name, dirname, split
+
+
+def register_datasets_from_cfg(cfg) -> None:
+    """(Re)register the demo datasets for DATASETS.DEMO.{ROOT, SEED} and each DATASETS.VOC_DIRS."""
+    register_demo_datasets(root=cfg.DATASETS.DEMO.ROOT or None, seed=cfg.DATASETS.DEMO.SEED)
+    for entry in cfg.DATASETS.VOC_DIRS:
+        register_voc_dataset(*parse_voc_dir_entry(entry))
+
+
+register_demo_datasets()
