@@ -1,0 +1,196 @@
+"""Every config under configs/ loads and builds; the paper configs hold the paper's settings.
+
+The expected values are typed from the paper (Rao et al. 2018 §4.1, supplement Tables 1-2;
+SPEC §3), not read from the YAML files.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+
+import pgdet  # noqa: F401  (registers pgdet's components)
+from pgdet.config import add_pgdet_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))
+
+
+def load(name):
+    cfg = get_cfg()
+    add_pgdet_config(cfg)
+    cfg.merge_from_file(str(CONFIG_DIR / name))
+    return cfg
+
+
+def flatten(node, prefix=""):
+    """{"MODEL.RPN.NMS_THRESH": 0.7, ...} for every leaf of a config."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, CfgNode):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(name_a, name_b):
+    a, b = flatten(load(name_a)), flatten(load(name_b))
+    assert a.keys() == b.keys()
+    return {key for key in a if a[key] != b[key]}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_config_builds_a_model_that_runs(path):
+    cfg = load(path.relative_to(CONFIG_DIR))
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
+                         "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96,
+                         "MODEL.RPN.POST_NMS_TOPK_TEST", 32])  # few RoIs: the box head is costly
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        (output,) = model([{"image": torch.rand(3, 64, 96) * 255}])
+    assert len(output["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
+
+
+# ---- the paper's COCO settings (§4.1), shared by the four main models ----
+COMMON = {
+    "MODEL.RESNETS.DEPTH": 101,
+    "MODEL.RESNETS.RES5_DILATION": 2,
+    "MODEL.RESNETS.NORM": "FrozenBN",
+    "MODEL.BACKBONE.FREEZE_AT": 2,
+    "MODEL.RPN.CONV_DIMS": [512],
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": 256,
+    "MODEL.RPN.IOU_THRESHOLDS": [0.3, 0.7],
+    "MODEL.RPN.NMS_THRESH": 0.7,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+    "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": 2,
+    "MODEL.ROI_HEADS.NAME": "PGROIHeads",
+    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 512,
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION": 0.25,
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST": 0.5,
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "ROIAlignV2",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 14,
+    "MODEL.ROI_BOX_HEAD.CONV_FC_CONV_DIM": 256,
+    "MODEL.ROI_BOX_HEAD.CONV_FC_CONV_STRIDE": 2,
+    "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 1024,
+    "TEST.DETECTIONS_PER_IMAGE": 100,
+    "DATASETS.TRAIN": ("coco_2014_train", "coco_2014_valminusminival"),
+    "DATASETS.TEST": ("coco_2014_minival",),
+    "INPUT.MIN_SIZE_TRAIN": (800,),
+    "INPUT.MAX_SIZE_TRAIN": 1333,
+    "INPUT.MIN_SIZE_TEST": 800,
+    "INPUT.MAX_SIZE_TEST": 1333,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.MOMENTUM": 0.9,
+    "SOLVER.WEIGHT_DECAY": 0.0001,
+}
+C5 = {
+    "MODEL.RPN.IN_FEATURES": ["res5"],
+    "MODEL.ROI_HEADS.IN_FEATURES": ["res5"],
+    "MODEL.ANCHOR_GENERATOR.SIZES": [[32, 64, 128, 256, 512]],
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 8000,
+}
+FPN = {
+    "MODEL.FPN.IN_FEATURES": ["res2", "res3", "res5"],
+    "MODEL.RPN.IN_FEATURES": ["p2", "p3", "p5", "p6"],
+    "MODEL.ROI_HEADS.IN_FEATURES": ["p2", "p3", "p5"],
+    "MODEL.ANCHOR_GENERATOR.SIZES": [[32], [64], [128], [256, 512]],
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 2000,  # per level: 4 x 2000 = 8000
+}
+IMAGENET = {"MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
+            "MODEL.PG.ENABLED": False}
+PG_STAGE = {"SOLVER.BASE_LR": 0.001, "SOLVER.MAX_ITER": 22500, "SOLVER.STEPS": (15000,),
+            "MODEL.PG.ENABLED": True}
+PAPER = {
+    "frcnn_R101.yaml": {**COMMON, **C5, **IMAGENET, "SOLVER.BASE_LR": 0.01,
+                        "SOLVER.MAX_ITER": 80000, "SOLVER.STEPS": (50000, 65000)},
+    "pg_frcnn_R101.yaml": {**COMMON, **C5, **PG_STAGE, "MODEL.PG.GAMMA": 1.0},
+    "pg_frcnn_R101_gamma0.yaml": {**COMMON, **C5, **PG_STAGE, "MODEL.PG.GAMMA": 0.0},
+    "frcnn_R101_FPN.yaml": {**COMMON, **FPN, **IMAGENET, "SOLVER.BASE_LR": 0.01,
+                            "SOLVER.MAX_ITER": 160000, "SOLVER.STEPS": (100000, 130000)},
+    "pg_frcnn_R101_FPN.yaml": {**COMMON, **FPN, **PG_STAGE, "MODEL.PG.GAMMA": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_has_the_papers_settings(name):
+    flat = flatten(load(name))
+    assert {key: flat[key] for key in PAPER[name]} == PAPER[name]
+
+
+@pytest.mark.parametrize("pg_config, baseline_config", [
+    ("pg_frcnn_R101.yaml", "frcnn_R101.yaml"),
+    ("pg_frcnn_R101_gamma0.yaml", "frcnn_R101.yaml"),
+    ("pg_frcnn_R101_FPN.yaml", "frcnn_R101_FPN.yaml"),
+    ("voc/pg_frcnn_R101_VOC.yaml", "voc/frcnn_R101_VOC.yaml"),
+])
+def test_pg_stage_starts_from_its_baselines_final_weights(pg_config, baseline_config):
+    assert load(pg_config).MODEL.WEIGHTS == f"{load(baseline_config).OUTPUT_DIR}/model_final.pth"
+    # the PG stage differs from its baseline only in weights, schedule, output and the PG switch
+    allowed = {"MODEL.WEIGHTS", "OUTPUT_DIR", "MODEL.PG.ENABLED", "MODEL.PG.GAMMA",
+               "SOLVER.BASE_LR", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS"}
+    assert changed_keys(pg_config, baseline_config) <= allowed
+
+
+def test_ohem_config_is_the_baseline_with_ohem_roi_heads():
+    assert changed_keys("frcnn_R101.yaml", "frcnn_R101_ohem.yaml") == {
+        "MODEL.ROI_HEADS.NAME", "OUTPUT_DIR"}
+    assert load("frcnn_R101_ohem.yaml").MODEL.ROI_HEADS.NAME == "OHEMROIHeads"
+
+
+# supplement Table 1: each row adds one change to the row above it
+ABLATION = [
+    ("ablation/frcnn_R101_a1_conv5_head.yaml", None),
+    ("ablation/frcnn_R101_a2_dilated_2fc.yaml", {
+        "MODEL.RESNETS.RES5_DILATION", "MODEL.RESNETS.OUT_FEATURES", "MODEL.RPN.IN_FEATURES",
+        "MODEL.ROI_HEADS.NAME", "MODEL.ROI_HEADS.IN_FEATURES", "MODEL.ROI_BOX_HEAD.NAME",
+        "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"}),
+    ("ablation/frcnn_R101_a3_conv_2fc.yaml", {
+        "MODEL.ROI_BOX_HEAD.NAME", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"}),
+    ("ablation/frcnn_R101_a4_roialign.yaml", {"MODEL.ROI_BOX_HEAD.POOLER_TYPE"}),
+    ("ablation/frcnn_R101_a5_15_anchors.yaml", {"MODEL.ANCHOR_GENERATOR.SIZES"}),
+    ("ablation/frcnn_R101_a6_tiny_proposals.yaml", {"MODEL.PROPOSAL_GENERATOR.MIN_SIZE"}),
+]
+
+
+@pytest.mark.parametrize("index", range(1, len(ABLATION)), ids=lambda i: ABLATION[i][0])
+def test_ablation_row_changes_one_thing(index):
+    (previous, _), (row, expected) = ABLATION[index - 1], ABLATION[index]
+    assert changed_keys(previous, row) == expected | {"OUTPUT_DIR"}
+
+
+def test_ablation_first_row_is_the_original_faster_rcnn():
+    """ResNet Faster R-CNN (He et al.): res4 features, res5 as the box head, RoIPool, 3 anchor
+    areas, 16 px proposals."""
+    flat = flatten(load(ABLATION[0][0]))
+    assert {key: flat[key] for key in [
+        "MODEL.RESNETS.RES5_DILATION", "MODEL.RPN.IN_FEATURES", "MODEL.ROI_HEADS.NAME",
+        "MODEL.ROI_HEADS.IN_FEATURES", "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+        "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.PROPOSAL_GENERATOR.MIN_SIZE"]} == {
+        "MODEL.RESNETS.RES5_DILATION": 1, "MODEL.RPN.IN_FEATURES": ["res4"],
+        "MODEL.ROI_HEADS.NAME": "Res5ROIHeads", "MODEL.ROI_HEADS.IN_FEATURES": ["res4"],
+        "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "ROIPool",
+        "MODEL.ANCHOR_GENERATOR.SIZES": [[128, 256, 512]], "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": 16}
+
+
+def test_ablation_last_row_is_the_baseline():
+    assert changed_keys(ABLATION[-1][0], "frcnn_R101.yaml") == {"OUTPUT_DIR"}
+
+
+def test_voc_baseline_is_the_coco_baseline_without_roialign_and_15_anchors():
+    """Supplement Appendix B: "following the details for COCO ... except ROIAlign and 15 anchors"."""
+    assert changed_keys("frcnn_R101.yaml", "voc/frcnn_R101_VOC.yaml") == {
+        "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ANCHOR_GENERATOR.SIZES",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "DATASETS.TRAIN", "DATASETS.TEST",
+        "SOLVER.MAX_ITER", "SOLVER.STEPS", "OUTPUT_DIR"}
+    cfg = load("voc/frcnn_R101_VOC.yaml")
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIPool"
+    assert len(cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]) == 3
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 20
+    assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
+    assert cfg.DATASETS.TEST == ("voc_2007_test",)
