@@ -93,7 +93,8 @@ def test_forward_backward_gives_finite_losses_and_trains_new_layers(models, arch
         assert layer.weight.grad.abs().sum() > 0
     # "layers in first two stages of ResNet-101 ... are freezed"
     bottom_up = model.backbone.bottom_up if arch == "fpn" else model.backbone
-    assert not any(p.requires_grad for m in (bottom_up.stem, bottom_up.res2) for p in m.parameters())
+    frozen = [bottom_up.stem, bottom_up.res2]
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
     assert all(p.requires_grad for p in bottom_up.res3.parameters())
 
 
@@ -120,7 +121,8 @@ def test_res5_is_dilated_with_stride_16(models, arch):
     assert len(blocks) == 3  # ResNet-101's res5
     for block in blocks:
         assert block.conv2.kernel_size == (3, 3) and block.conv2.dilation == (2, 2)
-        convs = [block.conv1, block.conv2, block.conv3] + ([block.shortcut] if block.shortcut else [])
+        convs = [block.conv1, block.conv2, block.conv3]
+        convs += [block.shortcut] if block.shortcut is not None else []
         assert all(conv.stride == (1, 1) for conv in convs)
 
 
@@ -236,6 +238,31 @@ def test_fpn_anchors_3_3_3_6_per_position_with_the_papers_areas(fpn_model):
     for logits, delta, feature, count in zip(objectness, deltas, features, [3, 3, 3, 6]):
         assert logits.shape == (1, count) + feature.shape[-2:]
         assert delta.shape == (1, 4 * count) + feature.shape[-2:]
+
+
+def test_rpn_predictor_channel_i_means_the_same_stride_relative_anchor_on_every_level(fpn_model):
+    """One head for all levels (as in FPN): level l returns the first A_l channels of the shared
+    predictors, and anchor i (i < 3) has the same shape relative to the stride on every level."""
+    rpn = fpn_model.proposal_generator
+    head = rpn.rpn_head
+    all_features = backbone_features(fpn_model)
+    features = [all_features[f] for f in rpn.in_features]
+    with torch.no_grad():
+        objectness, deltas = head(features)
+        for feature, logits, delta, count in zip(features, objectness, deltas, [3, 3, 3, 6]):
+            hidden = F.relu(F.conv2d(feature, head.conv.weight, head.conv.bias, padding=1))
+            cls, reg = head.objectness_logits, head.anchor_deltas
+            torch.testing.assert_close(
+                logits, F.conv2d(hidden, cls.weight[:count], cls.bias[:count]))
+            torch.testing.assert_close(
+                delta, F.conv2d(hidden, reg.weight[:4 * count], reg.bias[:4 * count]))
+    relative_shapes = []
+    for anchors, feature, stride in zip(rpn.anchor_generator(features), features, [4, 8, 16, 32]):
+        # anchors are laid out (position, anchor) as the RPN flattens its predictions
+        cell = anchors.tensor.view(feature.shape[-2] * feature.shape[-1], -1, 4)[0]
+        relative_shapes.append(((cell[:, 2:] - cell[:, :2]) / stride)[:3])
+    for shapes in relative_shapes[1:]:
+        torch.testing.assert_close(shapes, relative_shapes[0])
 
 
 def test_fpn_roi_pooler_uses_p2_p3_p5_by_box_size(fpn_model):

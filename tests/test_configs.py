@@ -183,7 +183,7 @@ def test_ablation_last_row_is_the_baseline():
 
 
 def test_voc_baseline_is_the_coco_baseline_without_roialign_and_15_anchors():
-    """Supplement Appendix B: "following the details for COCO ... except ROIAlign and 15 anchors"."""
+    """Supplement App. B: "following the details for COCO ... except ROIAlign and 15 anchors"."""
     assert changed_keys("frcnn_R101.yaml", "voc/frcnn_R101_VOC.yaml") == {
         "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ANCHOR_GENERATOR.SIZES",
         "MODEL.ROI_HEADS.NUM_CLASSES", "DATASETS.TRAIN", "DATASETS.TEST",

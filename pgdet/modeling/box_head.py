@@ -20,8 +20,8 @@ class StridedConvFCHead(nn.Sequential):
     """3x3 conv (stride s) + ReLU → flatten → fc + ReLU, ... : (R, C, H, W) → (R, fc_dims[-1]).
 
     An ``nn.Sequential`` like detectron2's ``FastRCNNConvFCHead``, whose conv layers keep the
-    spatial size and so cannot downsample. The fc layers carry its names (``fc1``, ``fc2``): on
-    a 256-channel FPN level, detectron2's FPN checkpoints fill them, since 7x7x256 feeds fc1 there too.
+    spatial size and so cannot downsample. The fc layers carry its names (``fc1``, ``fc2``): on a
+    256-channel FPN level detectron2's FPN checkpoints fill them, as 7x7x256 feeds fc1 there too.
     """
 
     @configurable

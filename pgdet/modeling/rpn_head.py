@@ -15,7 +15,7 @@ from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, Standa
 
 @RPN_HEAD_REGISTRY.register()
 class PerLevelAnchorRPNHead(StandardRPNHead):
-    """detectron2's RPN head, shared across levels, predicting for the *first* A_l anchors on level l.
+    """detectron2's RPN head, shared across levels, predicting the *first* A_l anchors of level l.
 
     The 3x3 conv and the two 1x1 predictors are shared by all levels, as in detectron2's FPN RPN
     (and the FPN paper), and are sized for the largest count A = max_l A_l. On level l only the
