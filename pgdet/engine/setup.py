@@ -5,6 +5,8 @@ import os
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_pgdet_config
 from ..data import check_datasets_exist, register_datasets_from_cfg
@@ -66,6 +68,7 @@ def setup(args):
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pgdet")
     if cfg.MODEL.DEVICE == "cpu":
         logger.info("No GPU visible: running on CPU.")
     register_datasets_from_cfg(cfg)

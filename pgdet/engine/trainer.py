@@ -19,14 +19,20 @@ import weakref
 
 import numpy as np
 import torch
-from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.mapper import CheckedDatasetMapper
 from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
+from ..modeling import PGFastRCNNOutputLayers
 from .checkpoint import PGCheckpointer
 
 logger = logging.getLogger("pgdet")
@@ -44,6 +50,17 @@ class _BatchRecorder:
         for batch in self.data_loader:
             self.last_image_ids = [d.get("image_id", d.get("file_name")) for d in batch]
             yield batch
+
+
+def check_pg_model(cfg, model):
+    """MODEL.PG.ENABLED needs pgdet's box predictor; fail at build time, saying what to change."""
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    if cfg.MODEL.PG.ENABLED and not isinstance(predictor, PGFastRCNNOutputLayers):
+        raise ValueError(
+            f"MODEL.PG.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the box "
+            f"predictor {type(predictor).__name__}, which cannot compute the policy gradient. Set "
+            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads)."
+        )
 
 
 def run_seed(cfg) -> int:
@@ -101,17 +118,27 @@ class Trainer(DefaultTrainer):
             sampler.start = self.start_iter
 
     @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        check_pg_model(cfg, model)
+        return model
+
+    @classmethod
     def build_train_loader(cls, cfg):
         if not cfg.DATALOADER.EXACT_RESUME:
-            return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, True))
+            return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True))
         dataset_dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         loader, _ = build_iteration_train_loader(
-            dataset_dicts, DatasetMapper(cfg, True), cfg.SOLVER.IMS_PER_BATCH, comm.get_rank(),
+            dataset_dicts, CheckedDatasetMapper(cfg, True), cfg.SOLVER.IMS_PER_BATCH, comm.get_rank(),
             comm.get_world_size(), run_seed(cfg), cfg.DATALOADER.NUM_WORKERS,
         )
         return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
 
     def run_step(self):
         try:

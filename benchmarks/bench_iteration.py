@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""What does the policy gradient cost in a training iteration? (issue: "no computational overhead")
+
+Time: in one process, on one model and one fixed list of batches, full training iterations
+(forward, loss, backward, SGD step) alternate between PG on and PG off (the flag of the same box
+predictor), so both see the same weights' regime, the same data and the same machine load. Prints
+the median of the per-pair ratios PG / standard with its spread (interquartile range), and the
+share of the PG iteration spent computing rewards and advantages (``pg/reward_time``).
+
+Memory: peak resident memory of two fresh processes running the same iterations, one with PG and
+one without (on CUDA: peak allocated memory). Prints the ratio.
+
+    .venv/bin/python benchmarks/bench_iteration.py                       # all configs
+    .venv/bin/python benchmarks/bench_iteration.py --configs demo --pairs 20
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import pgdet  # noqa: F401
+from pgdet.data import CheckedDatasetMapper, register_demo_datasets
+from pgdet.engine import build_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {
+    "demo": ("configs/demo/frcnn_R18_FPN_demo.yaml", []),
+    # the paper's R-101 detectors, at a CPU-sized input, on demo images (4 classes)
+    "R101": ("configs/frcnn_R101.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320"]),
+    "R101_FPN": ("configs/frcnn_R101_FPN.yaml",
+                 ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320"]),
+}
+COMMON = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
+          "MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", "('pgdet_demo_train',)",
+          "SOLVER.IMS_PER_BATCH", "2"]
+
+
+def setup(name):
+    config, opts = CONFIGS[name]
+    cfg = build_cfg(os.path.join(REPO, config), COMMON + opts)
+    register_demo_datasets()
+    model = build_model(cfg)
+    model.train()
+    mapper = CheckedDatasetMapper(cfg, True)
+    dicts = DatasetCatalog.get("pgdet_demo_train")
+    torch.manual_seed(0)
+    batches = [[mapper(dict(dicts[2 * i + j])) for j in range(2)] for i in range(4)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    return model, batches, optimizer
+
+
+def step(model, batch, optimizer, storage, pg: bool) -> float:
+    model.roi_heads.box_predictor.pg_enabled = pg
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    losses = model(batch)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    sync()
+    storage.step()
+    return time.perf_counter() - start
+
+
+def time_ratio(name, pairs, warmup):
+    model, batches, optimizer = setup(name)
+    ratios, t_pg, t_std, reward_time = [], [], [], []
+    with EventStorage() as storage:
+        for i in range(warmup):
+            step(model, batches[i % len(batches)], optimizer, storage, pg=bool(i % 2))
+        for i in range(pairs):
+            batch = batches[i % len(batches)]
+            # alternate which goes first, so a drift in machine load does not favour one side
+            order = (True, False) if i % 2 else (False, True)
+            times = {pg: step(model, batch, optimizer, storage, pg) for pg in order}
+            reward_time.append(storage.latest()["pg/reward_time"][0])
+            t_pg.append(times[True])
+            t_std.append(times[False])
+            ratios.append(times[True] / times[False])
+    q = statistics.quantiles(ratios, n=4)
+    return {
+        "config": name,
+        "standard_s": statistics.median(t_std),
+        "pg_s": statistics.median(t_pg),
+        "ratio_median": statistics.median(ratios),
+        "ratio_iqr": (q[0], q[2]),
+        "reward_share": statistics.median(r / t for r, t in zip(reward_time, t_pg)),
+    }
+
+
+def peak_memory_child(name, pg, iterations):
+    """Run in a fresh process: peak memory of `iterations` steps with PG on or off."""
+    model, batches, optimizer = setup(name)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with EventStorage() as storage:
+        for i in range(iterations):
+            step(model, batches[i % len(batches)], optimizer, storage, pg)
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_ratio(name, iterations):
+    peaks = {}
+    for pg in (False, True):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", name, str(int(pg)), str(iterations)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        peaks[pg] = int(out.strip().splitlines()[-1])
+    return peaks[True] / peaks[False], peaks
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--pairs", type=int, default=12, help="PG/standard iteration pairs")
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--memory-iterations", type=int, default=6)
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        name, pg, iterations = args.memory_child
+        print(peak_memory_child(name, bool(int(pg)), int(iterations)))
+        return
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; {args.pairs} alternating pairs after {args.warmup} warm-up steps\n")
+    print("| config | standard s/it | PG s/it | time PG ÷ std (median [IQR]) | reward share of PG it "
+          "| peak memory PG ÷ std |")
+    print("|---|---|---|---|---|---|")
+    results = []
+    for name in args.configs:
+        timing = time_ratio(name, args.pairs, args.warmup)
+        mem_ratio, peaks = memory_ratio(name, args.memory_iterations)
+        timing.update(memory_ratio=mem_ratio, peak_bytes={str(k): v for k, v in peaks.items()})
+        results.append(timing)
+        lo, hi = timing["ratio_iqr"]
+        print(f"| {name} | {timing['standard_s']:.3f} | {timing['pg_s']:.3f} | "
+              f"{timing['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}] | "
+              f"{100 * timing['reward_share']:.2f} % | {mem_ratio:.3f} |", flush=True)
+    print("\n" + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
