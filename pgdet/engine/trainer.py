@@ -1,7 +1,8 @@
 """Training and evaluation through detectron2's DefaultTrainer, with what pgdet needs on top.
 
 - COCO evaluation (detectron2's COCOEvaluator; pycocotools where detectron2's C++ is absent) for
-  every dataset, COCO or not: COCOEvaluator converts any registered dataset to COCO json.
+  every dataset, COCO or not (COCOEvaluator converts any registered dataset to COCO json), except
+  detectron2's builtin Pascal VOC sets, which get the VOC07 mAP@0.5 of the paper's VOC table.
 - Distributed training on CPU: detectron2's ``create_ddp_model`` passes ``device_ids``, which
   DistributedDataParallel rejects for a CPU model, so :meth:`Trainer.__init__` builds the DDP
   wrapper itself (gloo on CPU, NCCL on GPU as usual).
@@ -20,13 +21,14 @@ import weakref
 import numpy as np
 import torch
 from detectron2.data import (
+    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -162,6 +164,9 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc":
+            # detectron2's builtin VOC sets: VOC07 mAP@0.5, the metric of supplement Table 2
+            return PascalVOCDetectionEvaluator(dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
