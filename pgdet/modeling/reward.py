@@ -15,26 +15,28 @@ computes all of them together, in torch, on the device of the inputs.
   thresholds, and of recall with COCOeval's ``np.linspace(0, 1, 101)`` points, come out the same.
   Everything is laid out class-major (classes never interact), score-descending within a class.
 * **Greedy matching.** COCOeval walks each class's detections by score; each takes the free GT of
-  highest IoU >= t (ties: the later GT). Usually no detection reaches two GTs even at the lowest
-  threshold; then the first active detection eligible for a GT takes it, which is one masked
-  minimum over all sets, thresholds and GTs. Otherwise the walk is replayed by *match events*:
-  GTs are grouped into the connected components of "one detection reaches both" (groups never
-  interact), and in one step every group, set, threshold and image lets its next detection that
-  still has an eligible free GT take its preferred one. Each step matches a GT per group, so the
-  Python loop runs (GTs in the largest group) times, usually 2 to 4, never once per detection.
-* **Accumulation without a loop.** For the k-th true positive of a class, precision is
-  k / (detections so far + eps) as in COCOeval; its suffix maximum over the class is the precision
-  envelope, and the recall points r with (k-1)/npig < r <= k/npig (r = 0 joins k = 1) read it.
-  AP = sum over true positives of (their recall points) * envelope / 101, averaged over the IoU
-  thresholds and the classes that have GT.
+  highest IoU >= t (ties: the later GT). A GT that no detection reaches together with another GT
+  simply goes to the first active detection eligible for it: one masked maximum over all images,
+  sets, thresholds and GTs. GTs that some detection reaches together (at the lowest threshold)
+  form groups, and only those are replayed by *match events*: in one step every group, set,
+  threshold and image lets its next detection that still has an eligible free GT take the one it
+  prefers. Each step matches a GT per group, so the Python loop runs (GTs in the largest group)
+  times — usually 2 to 4 — and never once per detection.
+* **Accumulation per true positive.** Each GT's match is a true positive (TP); sorting them by
+  position lines up each class's TPs in COCO order. The k-th TP of a class has precision
+  k / (detections so far + eps) as in COCOeval, the suffix maximum over the class's TPs is the
+  precision envelope (a false positive never beats the TP before it), and it answers the recall
+  points r with (k-1)/npig < r <= k/npig (k = 1 also r = 0). AP = sum of envelope * answered
+  points / 101, averaged over IoU thresholds and the classes that have GT.
 
-Host-device synchronisations: one per call when no detection reaches two GTs, two otherwise
-(group sizes), whatever the numbers of boxes, sets and images.
+Host-device synchronisations: one per call if no detection reaches two GTs, else two (the sizes of
+the replay tables), whatever the numbers of boxes, sets and images.
 """
 import functools
 
 import numpy as np
 import torch
+from torch.nn.functional import one_hot
 
 __all__ = ["COCO_IOU_THRESHOLDS", "image_ap"]
 
@@ -67,50 +69,57 @@ def image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classe
     device = det_scores.device
     if N == 0 or G == 0 or S == 0:
         return torch.zeros((B, S), dtype=torch.float32, device=device)
-    thresholds, lowest = _thresholds(iou_thresholds, device)
+    thresholds, lowest = _thresholds(iou_thresholds, device)  # [T, 1] float64
 
     # Class-major order, by descending score within a class; both sorts stable as COCOeval's.
     order = torch.sort(det_scores, dim=1, descending=True, stable=True).indices
-    order = order.gather(1, torch.sort(det_classes.gather(1, order), dim=1, stable=True).indices)
-    classes = det_classes.gather(1, order)  # [B, N]
-    boxes = det_boxes.gather(1, order[:, :, None].expand(B, N, 4))
-    member = membership.gather(2, order[:, None].expand(B, S, N))
+    classes, by_class = torch.sort(det_classes.gather(1, order), dim=1, stable=True)  # [B, N]
+    order = order.gather(1, by_class)
+    boxes = det_boxes.gather(1, order.unsqueeze(2).expand(B, N, 4))
+    member = membership.gather(2, order.unsqueeze(1).expand(B, S, N))
     class_start = torch.searchsorted(classes, classes)  # [B, N] where each one's class begins
-    rank = _segment_cumsum(member.int(), class_start[:, None])  # [B, S, N] 1-based, within class
+    rank = _segment_cumsum(member, class_start.unsqueeze(1))  # [B, S, N] float64, 1-based
     active = member & (rank <= max_dets) if N > max_dets else member  # COCOeval's maxDets cap
 
-    same_class = (classes[:, :, None] == gt_classes[:, None]) & gt_valid[:, None]  # [B, N, G]
-    iou = _pycocotools_iou(boxes, gt_boxes) * same_class  # float64; 0 across classes
+    same_class = (classes.unsqueeze(2) == gt_classes.unsqueeze(1)) & gt_valid.unsqueeze(1)
+    iou = _pycocotools_iou(boxes, gt_boxes) * same_class  # [B, N, G] float64; 0 across classes
     best_iou, best_gt = iou.topk(min(G, 2), dim=2)  # [B, N, 1 or 2]
-    if G > 1 and bool((best_iou[:, :, 1] >= lowest).any()):  # host sync: a box reaches two GTs?
-        tp = _match_in_groups(iou, best_iou[:, :, 0], best_gt[:, :, 0], active, thresholds, lowest)
-    else:
-        tp = _match_single_reach(best_iou[:, :, 0], best_gt[:, :, 0], active, thresholds, G)
-    return _average_precision(tp, rank, class_start, same_class, gt_classes, gt_valid)
+    winner = _first_candidates(best_iou[..., 0], best_gt[..., 0], active, thresholds, G)
+    if G > 1 and bool((best_iou[..., 1] >= lowest).any()):  # host sync: a box reaches two GTs?
+        _replay_shared_gts(winner, iou, best_iou[..., 0], best_gt[..., 0], active, thresholds,
+                           lowest)
+    return _average_precision(winner, rank, class_start, gt_classes, gt_valid)
 
 
 def _thresholds(iou_thresholds, device):
-    """COCOeval's effective thresholds min(t, 1 - 1e-10) as float64 [T], and the lowest one."""
+    """COCOeval's effective thresholds min(t, 1 - 1e-10), float64 [T, 1], and the lowest one."""
     if torch.is_tensor(iou_thresholds):
         thresholds = iou_thresholds.to(device, torch.float64).clamp(max=_MAX_THRESHOLD)
-        return thresholds, thresholds.min()
+        return thresholds.view(-1, 1), thresholds.min()
     values = tuple(min(float(t), _MAX_THRESHOLD) for t in iou_thresholds)
     if min(values) <= 0:
         raise ValueError(f"IoU thresholds must be positive, got {iou_thresholds}")
-    return _constant(values, device), min(values)
+    return _constant(values, device).view(-1, 1), min(values)
 
 
 @functools.lru_cache(maxsize=32)
 def _constant(values, device):
-    """A float64 tensor of ``values`` on ``device``, built once (no copy per call)."""
+    """A float64 tensor of ``values`` on ``device``, built once (no host copy per call)."""
     return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(start, end, step, device):
+    """An int32 ``torch.arange`` built once per size and device (callers never modify it)."""
+    return torch.arange(start, end, step, dtype=torch.int32, device=device)
 
 
 @functools.lru_cache(maxsize=32)
 def _recall_weights(num_gt, device):
     """[P + 1, P + 1] float64, P >= num_gt: entry (npig, k) counts COCOeval's recall points r that
     the k-th true positive of a class with npig GTs answers, (k-1)/npig < r <= k/npig (k = 1 also
-    takes r = 0). Computed with numpy's float64 division and searchsorted, as COCOeval does.
+    takes r = 0); row 0 is zero. Computed with numpy's float64 division and searchsorted, as
+    COCOeval compares recall with its points.
 
     P is rounded up to a power of two so that few tables are ever built.
     """
@@ -119,7 +128,7 @@ def _recall_weights(num_gt, device):
     npig = np.maximum(k, 1)[:, None]
     upto = np.searchsorted(_RECALL_POINTS, k / npig, side="right")
     below = np.where(k > 1, np.searchsorted(_RECALL_POINTS, (k - 1) / npig, side="right"), 0)
-    weights = (upto - below) * (k[:, None] > 0)  # row npig = 0 (no TP) reads nothing
+    weights = (upto - below) * (k[:, None] > 0)
     return torch.tensor(weights, dtype=torch.float64, device=device)
 
 
@@ -128,36 +137,37 @@ def _pycocotools_iou(boxes, gt_boxes):
 
     boxes [B, N, 4], gt_boxes [B, G, 4] XYXY. No overlap gives 0, as in bbIou.
     """
-    d_min, d_max = boxes.double()[:, :, None].split(2, -1)  # [B, N, 1, 2] each
-    g_min, g_max = gt_boxes.double()[:, None].split(2, -1)  # [B, 1, G, 2] each
-    inter = (torch.minimum(d_max, g_max) - torch.maximum(d_min, g_min)).clamp(min=0).prod(-1)
-    union = ((d_max - d_min).prod(-1) + (g_max - g_min).prod(-1)) - inter
+    x1, y1, x2, y2 = boxes.double().transpose(1, 2).unsqueeze(3).unbind(1)  # [B, N, 1] each
+    gx1, gy1, gx2, gy2 = gt_boxes.double().transpose(1, 2).unsqueeze(2).unbind(1)  # [B, 1, G]
+    inter = ((torch.minimum(x2, gx2) - torch.maximum(x1, gx1)).clamp_(min=0)
+             * (torch.minimum(y2, gy2) - torch.maximum(y1, gy1)).clamp_(min=0))
+    union = ((x2 - x1) * (y2 - y1) + (gx2 - gx1) * (gy2 - gy1)) - inter
     return inter / union.clamp(min=np.finfo(np.float64).tiny)
 
 
 def _segment_cumsum(x, starts):
-    """Inclusive cumulative sum of ``x`` [..., N] restarted where each run begins (``starts``)."""
+    """Inclusive float64 running count of bool ``x`` [..., N], restarted where each run begins."""
+    x = x.double()
     total = x.cumsum(-1)
     return total - (total - x).gather(-1, starts.expand(x.shape))
 
 
-def _match_single_reach(best_iou, best_gt, active, thresholds, num_gt):
-    """Greedy matching when no detection reaches two GTs; true positives [B, S, T, N].
+def _first_candidates(best_iou, best_gt, active, thresholds, num_gt):
+    """Matches of GTs that no detection shares with another GT; [B, S, T, G] int64 positions.
 
-    The first active detection eligible for a GT takes it; later ones find it taken.
-    best_iou [B, N] float64 and best_gt [B, N]: each detection's only reachable GT,
-    active [B, S, N] bool, thresholds [T] float64.
+    Such a GT goes to the first active detection eligible for it: later ones find it taken.
+    best_iou [B, N] float64 and best_gt [B, N]: each detection's highest IoU and its GT,
+    active [B, S, N] bool, thresholds [T, 1] float64. Entry N: the GT stays unmatched.
     """
     B, S, N = active.shape
-    T = thresholds.numel()
-    candidate = (best_iou[:, None] >= thresholds[:, None])[:, None] & active[:, :, None]
-    # N - position of candidates (0 elsewhere), in int32: masks multiply faster than torch.where,
-    # and CPU reductions over int64 are not vectorised.
-    countdown = candidate * torch.arange(N, 0, -1, dtype=torch.int32, device=active.device)
-    first = N - countdown.new_zeros((B, S, T, num_gt)).scatter_reduce_(
-        3, best_gt[:, None, None].expand(B, S, T, N), countdown, "amax")
-    tp = candidate.new_zeros((B, S, T, N + 1))
-    return tp.scatter_(3, first.long(), True)[..., :N]
+    T = thresholds.shape[0]
+    candidate = (best_iou.view(B, 1, 1, N) >= thresholds) & active.view(B, S, 1, N)
+    # N - position for candidates, 0 elsewhere, in int32: masks multiply faster than torch.where
+    # selects, and CPU reductions over int64 are not vectorised.
+    countdown = candidate * _arange(N, 0, -1, active.device)
+    first = countdown.new_zeros((B, S, T, num_gt)).scatter_reduce_(
+        3, best_gt.view(B, 1, 1, N).expand(B, S, T, N), countdown, "amax")
+    return (N - first).long()
 
 
 def _gt_groups(reach):
@@ -173,87 +183,105 @@ def _gt_groups(reach):
     return closure.argmax(2)
 
 
-def _match_in_groups(iou, best_iou, best_gt, active, thresholds, lowest):
-    """COCOeval's greedy matching replayed by match events; true positives [B, S, T, N].
+def _replay_shared_gts(winner, iou, best_iou, best_gt, active, thresholds, lowest):
+    """Redo, in place in ``winner`` [B, S, T, G], the matches of GTs that detections share.
 
-    iou [B, N, G] float64 (0 across classes), best_iou / best_gt [B, N] each detection's
-    highest IoU and its GT, active [B, S, N] bool, thresholds [T] float64 (lowest: their min).
+    COCOeval's walk is replayed by match events within each group of GTs linked by a detection
+    reaching two of them: per step, each group's next detection with an eligible free GT takes
+    the one it prefers. Only groups of two or more GTs (and their detections) enter the tables.
+    iou [B, N, G] float64 (0 across classes), best_iou / best_gt [B, N], active [B, S, N] bool,
+    thresholds [T, 1] float64 with minimum ``lowest``.
     """
     B, N, G = iou.shape
-    S, T = active.shape[1], thresholds.numel()
+    S, T = active.shape[1], thresholds.shape[0]
     device = iou.device
     group = _gt_groups(iou >= lowest)  # [B, G]
-    relevant = best_iou >= lowest
-    det_group = group.gather(1, best_gt)  # [B, N]; meaningful where relevant
-    seen = (torch.nn.functional.one_hot(det_group, G) * relevant[:, :, None]).cumsum(1)
-    local = seen.gather(2, det_group[:, :, None]).squeeze(2) - 1  # rank within the group
-    gts_per_group = torch.nn.functional.one_hot(group, G).sum(1)
-    M, steps = torch.stack([seen[:, -1].max(), gts_per_group.max()]).tolist()  # host sync
+    group_size = one_hot(group, G).sum(1)  # [B, G] per group id
+    shared = group_size.gather(1, group) > 1  # [B, G]
+    relevant = (best_iou >= lowest) & shared.gather(1, best_gt)  # detections of shared groups
+    det_group = group.gather(1, best_gt)  # [B, N]
+    seen = (one_hot(det_group, G) * relevant.unsqueeze(2)).cumsum(1)  # [B, N, G]
+    local = seen.gather(2, det_group.unsqueeze(2)).squeeze(2) - 1  # rank within the group
+    gts = torch.sort((~shared).int(), dim=1, stable=True).indices  # shared GTs first
+    Gs, M, steps = torch.stack([shared.sum(1).max(), seen[:, -1].max(), group_size.max()]).tolist()
+    gts = gts[:, :Gs]  # [B, Gs]; in images with fewer shared GTs, unshared ones (kept as they are)
+    keep = ~shared.gather(1, gts)
+    group = group.gather(1, gts)
 
-    # dets[b, g, m]: pool index of the m-th detection of g's group (N: none, also in column M).
+    # dets[b, j, m]: position of the m-th detection of the group of GT gts[b, j] (N: none; also
+    # in the extra column M).
     table = torch.full((B, (G + 1) * M), N, device=device)  # row G: discarded
     table.scatter_(1, torch.where(relevant, det_group * M + local, G * M),
                    torch.arange(N, device=device).expand(B, N))
-    dets = table.view(B, G + 1, M).gather(1, group[:, :, None].expand(B, G, M))
-    dets = torch.cat([dets, dets.new_full((B, G, 1), N)], 2)  # [B, G, M + 1]
-    index = dets.clamp(max=N - 1)
-    local_iou = torch.where(dets < N, iou.transpose(1, 2).gather(2, index), -1.0)
-    eligible = local_iou[:, None] >= thresholds[:, None, None]  # [B, T, G, M + 1]
-    local_active = active.gather(2, index.view(B, 1, -1).expand(B, S, -1))
-    candidate = eligible[:, None] & local_active.view(B, S, 1, G, M + 1)  # [B, S, T, G, M + 1]
-    # A detection prefers the free GT of highest IoU, the later GT on ties: preference 1..G.
-    preference = torch.zeros(iou.shape, dtype=torch.int64, device=device).scatter_(
-        2, torch.sort(iou, dim=2, stable=True).indices,
-        torch.arange(1, G + 1, device=device).expand(B, N, G))
-    key = torch.where(eligible, preference.transpose(1, 2).gather(2, index)[:, None], -1).int()
+    dets = table.view(B, G + 1, M).gather(1, group.unsqueeze(2).expand(B, Gs, M))
+    dets = torch.cat([dets, dets.new_full((B, Gs, 1), N)], 2)  # [B, Gs, M + 1]
+    pair = (dets.clamp(max=N - 1) * G + gts.unsqueeze(2)).view(B, -1)  # (detection, GT) in iou
+    pair_iou = iou.view(B, -1).gather(1, pair).view(B, 1, Gs, M + 1) * (dets < N).unsqueeze(1)
+    eligible = pair_iou >= thresholds.unsqueeze(2)  # [B, T, Gs, M + 1]
+    pair_active = active.gather(2, dets.clamp(max=N - 1).view(B, 1, -1).expand(B, S, -1))
+    candidate = eligible.unsqueeze(1) & pair_active.view(B, S, 1, Gs, M + 1)
+    # A detection prefers the free GT of highest IoU, the later GT on ties. Its GTs that can
+    # compete all sit in one group, listed in increasing GT order in gts: rank them there, 1..Gs.
+    group_iou = iou.gather(2, gts.unsqueeze(1).expand(B, N, Gs))  # [B, N, Gs]
+    preference = torch.empty(group_iou.shape, dtype=torch.int32, device=device).scatter_(
+        2, torch.sort(group_iou, dim=2, stable=True).indices,
+        _arange(1, Gs + 1, 1, device).expand(B, N, Gs))
+    slot = dets.clamp(max=N - 1) * Gs + _arange(0, Gs, 1, device).view(1, Gs, 1)
+    key = eligible * preference.view(B, -1).gather(1, slot.view(B, -1)).view(B, 1, Gs, M + 1)
 
-    shape = (B, S, T, G)
-    group = group[:, None, None].expand(shape)
-    key = key[:, None].expand(shape + (M + 1,))
+    shape = (B, S, T, Gs)
+    group = group.view(B, 1, 1, Gs).expand(shape)
+    key = key.unsqueeze(1).expand(shape + (M + 1,))
     # int32 positions and keys (CPU reductions over int64 are not vectorised); M - position of
     # candidates, 0 elsewhere, as masks multiply faster than torch.where selects
-    position = torch.arange(M + 1, dtype=torch.int32, device=device)
-    countdown = M - position
+    countdown = _arange(M, -1, -1, device)
     taken = torch.zeros(shape, dtype=torch.bool, device=device)
     matched_at = torch.full(shape, M, device=device)
-    no_event = torch.full(shape, M, dtype=torch.int32, device=device)
-    no_key = torch.zeros(shape, dtype=torch.int32, device=device)
+    no_event = torch.zeros((B, S, T, G), dtype=torch.int32, device=device)
     for _ in range(steps):
         # the next detection of each group that has an eligible free GT ...
-        reachable = (M - (candidate * countdown).amax(-1)).masked_fill_(taken, M)
-        event = no_event.scatter_reduce(3, group, reachable, "amin").gather(3, group)
-        candidate &= position > event[..., None]
-        event = event.long()
+        reachable = (candidate * countdown).amax(-1).masked_fill_(taken, 0)
+        countdown_at_event = no_event.scatter_reduce(3, group, reachable, "amax").gather(3, group)
+        candidate &= countdown < countdown_at_event.unsqueeze(-1)
+        event = M - countdown_at_event.long()
         # ... takes the free one it prefers (preferences of one detection are distinct)
-        wish = key.gather(4, event[..., None]).squeeze(4).masked_fill_(taken, -1)
-        won = wish == no_key.scatter_reduce(3, group, wish, "amax").gather(3, group)
+        wish = key.gather(4, event.unsqueeze(-1)).squeeze(4).masked_fill_(taken, 0)
+        best_wish = no_event.scatter_reduce(3, group, wish, "amax").gather(3, group)
+        won = (wish == best_wish) & (wish > 0)
         taken |= won
         matched_at = torch.where(won, event, matched_at)
-    winner = dets[:, None, None].expand(shape + (M + 1,)).gather(4, matched_at[..., None])
-    tp = torch.zeros((B, S, T, N + 1), dtype=torch.bool, device=device)
-    return tp.scatter_(3, winner.view(shape), True)[..., :N]
+    matched = dets.view(B, 1, 1, Gs, M + 1).expand(shape + (M + 1,)).gather(
+        4, matched_at.unsqueeze(-1)).view(shape)
+    gts = gts.view(B, 1, 1, Gs).expand(shape)
+    winner.scatter_(3, gts, torch.where(keep.view(B, 1, 1, Gs), winner.gather(3, gts), matched))
 
 
-def _average_precision(tp, rank, class_start, same_class, gt_classes, gt_valid):
+def _average_precision(winner, rank, class_start, gt_classes, gt_valid):
     """COCOeval's accumulate, then the mean over thresholds and classes with GT; [B, S] float32.
 
-    tp [B, S, T, N] bool and rank [B, S, N] (detections of the class so far) in class-major
-    order, class_start [B, N], same_class [B, N, G] bool, gt_classes [B, G], gt_valid [B, G].
+    winner [B, S, T, G] int64: class-major position of the detection that matched each GT (N:
+    none); rank [B, S, N] float64: detections of the class counted up to each position;
+    class_start [B, N]; gt_classes [B, G]; gt_valid [B, G] bool.
     """
-    B, S, T, N = tp.shape
-    G = gt_classes.shape[1]
-    k = _segment_cumsum(tp.int(), class_start[:, None, None])  # true positives of the class so far
-    # Precision at every position; a false positive never beats the true positive before it, so
-    # the suffix maximum over all positions is COCOeval's envelope at the true positives.
-    precision = k / (rank.double() + _EPS)[:, :, None]
-    shift = 2.0 * class_start.double()[:, None, None]  # later classes sink below earlier ones
+    B, S, T, G = winner.shape
+    N = rank.shape[2]
+    device = winner.device
+    # TPs by position: classes contiguous, each class's k-th TP k-th, unmatched GTs last.
+    position, by_position = winner.sort(-1)
+    matched = position < N
+    at = position.clamp(max=N - 1)
+    start = class_start.view(B, 1, 1, N).expand(B, S, T, N).gather(3, at)  # [B, S, T, G]
+    k = _arange(1, G + 1, 1, device) - torch.searchsorted(start, start)  # TPs of the class so far
+    counted = rank.view(B, S, 1, N).expand(B, S, T, N).gather(3, at)  # = COCOeval's tp + fp
+    precision = (matched * k) / (counted + _EPS)
+    # Suffix maximum within each class (later classes shifted below earlier ones): the envelope.
+    shift = start * 2
     envelope = (precision - shift).flip(-1).cummax(-1).values.flip(-1) + shift
-    weights = _recall_weights(G, tp.device)  # row 0 is zero: positions that are not TPs read none
-    npig = same_class.sum(2)[:, None, None]  # [B, 1, 1, N] GTs of the detection's class
-    reads = weights.take(tp * (npig * weights.shape[1]) + k)  # recall points each TP answers
-    ap_sum = (reads * envelope).sum((2, 3))  # [B, S]
 
-    gt_same = (gt_classes[:, :, None] == gt_classes[:, None]) & gt_valid[:, None]
-    first_of_class = gt_same.int().argmax(2) == torch.arange(G, device=tp.device)
-    num_classes = (gt_valid & first_of_class).sum(1, keepdim=True)  # [B, 1]
+    gt_same = (gt_classes.unsqueeze(2) == gt_classes.unsqueeze(1)) & gt_valid.unsqueeze(1)
+    npig = gt_same.sum(2)  # [B, G] GTs of each GT's class
+    weights = _recall_weights(G, device)  # row 0 is zero: unmatched entries answer nothing
+    row = matched * npig.view(B, 1, 1, G).expand(B, S, T, G).gather(3, by_position)
+    ap_sum = (weights.take(row * weights.shape[1] + k) * envelope).sum((2, 3))  # [B, S]
+    num_classes = (gt_valid / npig.clamp(min=1)).sum(1, keepdim=True).round()  # [B, 1]
     return (ap_sum / (num_classes * (T * len(_RECALL_POINTS))).clamp(min=1)).float()
