@@ -97,11 +97,18 @@ def random_case(rng):
 
     gt = np.zeros((num_gt, 4))
     gt_classes = rng.integers(0, num_classes, num_gt)
+    twins = []  # (h, g): GT g is GT h moved right; a box halfway has the same IoU with both
     for g in range(num_gt):
         if g and rng.random() < 0.3:  # a near-copy of an earlier GT: boxes reach both
             h = int(rng.integers(0, g))
             gt[g] = gt[h] + _grid(rng.normal(0, 4, 4))
             gt_classes[g] = gt_classes[h]
+        elif g and rng.random() < 0.2:
+            h = int(rng.integers(0, g))
+            shift = 2 * _grid(rng.uniform(0.02, 0.12) * (gt[h, 2] - gt[h, 0]))
+            gt[g] = gt[h] + np.array([shift, 0, shift, 0])
+            gt_classes[g] = gt_classes[h]
+            twins.append((h, g))
         else:
             x, y = _grid(rng.uniform(0, 800, 2))
             w, h = 20 * rng.integers(1, 9, 2)  # widths of 20m make IoU = t exactly reachable
@@ -111,9 +118,9 @@ def random_case(rng):
     det = np.zeros((num_det, 4))
     det_classes = rng.integers(0, num_classes + 1, num_det)  # class num_classes has no GT
     for n in range(num_det):
-        kind = rng.choice(["band", "shift", "copy_gt", "copy_det", "random"],
-                          p=[0.35, 0.25, 0.1, 0.1, 0.2] if num_gt else [0, 0, 0, 0.2, 0.8])
-        if kind == "copy_det" and n == 0:
+        kind = rng.choice(["band", "shift", "copy_gt", "copy_det", "random", "between"],
+                          p=[0.3, 0.25, 0.1, 0.1, 0.15, 0.1] if num_gt else [0, 0, 0, 0.2, 0.8, 0])
+        if (kind == "copy_det" and n == 0) or (kind == "between" and not twins):
             kind = "random"
         g = int(rng.integers(0, max(num_gt, 1)))
         if kind in ("band", "shift", "copy_gt") and rng.random() < 0.85:
@@ -128,6 +135,9 @@ def random_case(rng):
             det[n] = gt[g] + _grid(rng.normal(0, 0.1, 4) * np.tile(gt[g, 2:] - gt[g, :2], 2))
         elif kind == "copy_gt":
             det[n] = gt[g]
+        elif kind == "between":  # equal IoU with two GTs: COCOeval takes the later one
+            h, g = twins[int(rng.integers(0, len(twins)))]
+            det[n], det_classes[n] = (gt[h] + gt[g]) / 2, gt_classes[g]
         elif kind == "copy_det":
             source = int(rng.integers(0, n))
             det[n], det_classes[n] = det[source], det_classes[source]
@@ -216,7 +226,7 @@ def test_corpus_holds_the_hard_cases(corpus):
         area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)
         return inter / (area(a)[:, None] + area(b)[None] - inter)
 
-    exact = two_gts = many = ties = no_gt_class = no_gt = 0
+    exact = two_gts = equal_two = many = ties = no_gt_class = no_gt = 0
     for c in corpus:
         if len(c["gt_classes"]) == 0:
             no_gt += 1
@@ -225,11 +235,13 @@ def test_corpus_holds_the_hard_cases(corpus):
         overlap *= c["det_classes"][:, None] == c["gt_classes"][None]
         exact += np.isin(overlap, THRESHOLDS).any() or (overlap == 0.9).any()
         two_gts += ((overlap >= 0.5).sum(1) >= 2).any()
+        top2 = -np.sort(-overlap, axis=1)[:, :2] if overlap.shape[1] > 1 else np.zeros((1, 2))
+        equal_two += ((top2[:, 0] >= 0.5) & (top2[:, 0] == top2[:, 1])).any()
         many += np.bincount(c["det_classes"]).max(initial=0) > 100
         ties += len(np.unique(c["det_scores"])) < len(c["det_scores"])
         no_gt_class += (~np.isin(c["det_classes"], c["gt_classes"])).any()
-    assert min(exact, two_gts, many, ties, no_gt_class, no_gt) >= 10, (
-        exact, two_gts, many, ties, no_gt_class, no_gt)
+    assert min(exact, two_gts, equal_two, many, ties, no_gt_class, no_gt) >= 10, (
+        exact, two_gts, equal_two, many, ties, no_gt_class, no_gt)
 
 
 def test_fast_oracle_is_cocoeval_stats0(corpus):

@@ -36,7 +36,6 @@ import functools
 
 import numpy as np
 import torch
-from torch.nn.functional import one_hot
 
 __all__ = ["COCO_IOU_THRESHOLDS", "image_ap"]
 
@@ -62,7 +61,8 @@ def image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classe
     iou_thresholds: sequence of floats or 1-D tensor [T] in (0, 1]; :data:`COCO_IOU_THRESHOLDS`
                 gives COCOeval's exact values (a float32 tensor would round them)
     max_dets:   detections counted per class and set, best scores first (COCOeval's maxDets)
-    returns     [B, S] float32 on the inputs' device: AP of each set; 0 for an image with no valid GT
+    returns     [B, S] float32 on the inputs' device: AP of each set; 0 for an image with no
+                valid GT
     """
     B, S, N = membership.shape
     G = gt_classes.shape[1]
@@ -70,6 +70,19 @@ def image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classe
     if N == 0 or G == 0 or S == 0:
         return torch.zeros((B, S), dtype=torch.float32, device=device)
     thresholds, lowest = _thresholds(iou_thresholds, device)  # [T, 1] float64
+    # The reward has no gradient: inference mode skips autograd's per-operation bookkeeping,
+    # and the clone turns the result into an ordinary tensor for the loss.
+    with torch.inference_mode():
+        ap = _image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes,
+                       gt_valid, thresholds, lowest, max_dets)
+    return ap.clone()
+
+
+def _image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes, gt_valid,
+              thresholds, lowest, max_dets):
+    """image_ap's computation; thresholds [T, 1] float64 with minimum ``lowest``."""
+    B, S, N = membership.shape
+    G = gt_classes.shape[1]
 
     # Class-major order, by descending score within a class; both sorts stable as COCOeval's.
     order = torch.sort(det_scores, dim=1, descending=True, stable=True).indices
@@ -88,7 +101,7 @@ def image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classe
     if G > 1 and bool((best_iou[..., 1] >= lowest).any()):  # host sync: a box reaches two GTs?
         _replay_shared_gts(winner, iou, best_iou[..., 0], best_gt[..., 0], active, thresholds,
                            lowest)
-    return _average_precision(winner, rank, class_start, gt_classes, gt_valid)
+    return _average_precision(winner[..., :G], rank, class_start, gt_classes, gt_valid)
 
 
 def _thresholds(iou_thresholds, device):
@@ -137,23 +150,22 @@ def _pycocotools_iou(boxes, gt_boxes):
 
     boxes [B, N, 4], gt_boxes [B, G, 4] XYXY. No overlap gives 0, as in bbIou.
     """
-    x1, y1, x2, y2 = boxes.double().transpose(1, 2).unsqueeze(3).unbind(1)  # [B, N, 1] each
-    gx1, gy1, gx2, gy2 = gt_boxes.double().transpose(1, 2).unsqueeze(2).unbind(1)  # [B, 1, G]
-    inter = ((torch.minimum(x2, gx2) - torch.maximum(x1, gx1)).clamp_(min=0)
-             * (torch.minimum(y2, gy2) - torch.maximum(y1, gy1)).clamp_(min=0))
-    union = ((x2 - x1) * (y2 - y1) + (gx2 - gx1) * (gy2 - gy1)) - inter
+    d_min, d_max = boxes.double().unsqueeze(2).split(2, -1)  # [B, N, 1, 2] each
+    g_min, g_max = gt_boxes.double().unsqueeze(1).split(2, -1)  # [B, 1, G, 2] each
+    inter = (torch.minimum(d_max, g_max) - torch.maximum(d_min, g_min)).clamp_(min=0).prod(-1)
+    union = ((d_max - d_min).prod(-1) + (g_max - g_min).prod(-1)) - inter
     return inter / union.clamp(min=np.finfo(np.float64).tiny)
 
 
 def _segment_cumsum(x, starts):
     """Inclusive float64 running count of bool ``x`` [..., N], restarted where each run begins."""
-    x = x.double()
-    total = x.cumsum(-1)
-    return total - (total - x).gather(-1, starts.expand(x.shape))
+    total = x.cumsum(-1, dtype=torch.float64)
+    before = torch.nn.functional.pad(total, (1, 0))  # count before each position, plus the end
+    return total - before.gather(-1, starts.expand(x.shape))
 
 
 def _first_candidates(best_iou, best_gt, active, thresholds, num_gt):
-    """Matches of GTs that no detection shares with another GT; [B, S, T, G] int64 positions.
+    """Matches of GTs that no detection shares with another GT; [B, S, T, G + 1] int64 positions.
 
     Such a GT goes to the first active detection eligible for it: later ones find it taken.
     best_iou [B, N] float64 and best_gt [B, N]: each detection's highest IoU and its GT,
@@ -165,9 +177,9 @@ def _first_candidates(best_iou, best_gt, active, thresholds, num_gt):
     # N - position for candidates, 0 elsewhere, in int32: masks multiply faster than torch.where
     # selects, and CPU reductions over int64 are not vectorised.
     countdown = candidate * _arange(N, 0, -1, active.device)
-    first = countdown.new_zeros((B, S, T, num_gt)).scatter_reduce_(
+    first = countdown.new_zeros((B, S, T, num_gt + 1)).scatter_reduce_(
         3, best_gt.view(B, 1, 1, N).expand(B, S, T, N), countdown, "amax")
-    return (N - first).long()
+    return (N - first).long()  # column G stays N: scratch space for the replay
 
 
 def _gt_groups(reach):
@@ -184,76 +196,60 @@ def _gt_groups(reach):
 
 
 def _replay_shared_gts(winner, iou, best_iou, best_gt, active, thresholds, lowest):
-    """Redo, in place in ``winner`` [B, S, T, G], the matches of GTs that detections share.
+    """Redo, in place in ``winner`` [B, S, T, G + 1], the matches of GTs that detections share.
 
     COCOeval's walk is replayed by match events within each group of GTs linked by a detection
     reaching two of them: per step, each group's next detection with an eligible free GT takes
-    the one it prefers. Only groups of two or more GTs (and their detections) enter the tables.
+    the one it prefers. Only detections of groups of two or more GTs take part.
     iou [B, N, G] float64 (0 across classes), best_iou / best_gt [B, N], active [B, S, N] bool,
-    thresholds [T, 1] float64 with minimum ``lowest``.
+    thresholds [T, 1] float64 with minimum ``lowest``. Column G of ``winner`` is scratch.
     """
     B, N, G = iou.shape
     S, T = active.shape[1], thresholds.shape[0]
     device = iou.device
-    group = _gt_groups(iou >= lowest)  # [B, G]
-    group_size = one_hot(group, G).sum(1)  # [B, G] per group id
+    reach = iou >= lowest
+    group = _gt_groups(reach)  # [B, G]
+    group_size = (group.unsqueeze(2) == torch.arange(G, device=device)).sum(1)  # per group id
     shared = group_size.gather(1, group) > 1  # [B, G]
     relevant = (best_iou >= lowest) & shared.gather(1, best_gt)  # detections of shared groups
-    det_group = group.gather(1, best_gt)  # [B, N]
-    seen = (one_hot(det_group, G) * relevant.unsqueeze(2)).cumsum(1)  # [B, N, G]
-    local = seen.gather(2, det_group.unsqueeze(2)).squeeze(2) - 1  # rank within the group
-    gts = torch.sort((~shared).int(), dim=1, stable=True).indices  # shared GTs first
-    Gs, M, steps = torch.stack([shared.sum(1).max(), seen[:, -1].max(), group_size.max()]).tolist()
-    gts = gts[:, :Gs]  # [B, Gs]; in images with fewer shared GTs, unshared ones (kept as they are)
-    keep = ~shared.gather(1, gts)
-    group = group.gather(1, gts)
+    D, R, steps = torch.stack(
+        [relevant.sum(1).max(), reach.sum(2).max(), group_size.max()]).tolist()  # host sync
 
-    # dets[b, j, m]: position of the m-th detection of the group of GT gts[b, j] (N: none; also
-    # in the extra column M).
-    table = torch.full((B, (G + 1) * M), N, device=device)  # row G: discarded
-    table.scatter_(1, torch.where(relevant, det_group * M + local, G * M),
-                   torch.arange(N, device=device).expand(B, N))
-    dets = table.view(B, G + 1, M).gather(1, group.unsqueeze(2).expand(B, Gs, M))
-    dets = torch.cat([dets, dets.new_full((B, Gs, 1), N)], 2)  # [B, Gs, M + 1]
-    pair = (dets.clamp(max=N - 1) * G + gts.unsqueeze(2)).view(B, -1)  # (detection, GT) in iou
-    pair_iou = iou.view(B, -1).gather(1, pair).view(B, 1, Gs, M + 1) * (dets < N).unsqueeze(1)
-    eligible = pair_iou >= thresholds.unsqueeze(2)  # [B, T, Gs, M + 1]
-    pair_active = active.gather(2, dets.clamp(max=N - 1).view(B, 1, -1).expand(B, S, -1))
-    candidate = eligible.unsqueeze(1) & pair_active.view(B, S, 1, Gs, M + 1)
-    # A detection prefers the free GT of highest IoU, the later GT on ties. Its GTs that can
-    # compete all sit in one group, listed in increasing GT order in gts: rank them there, 1..Gs.
-    group_iou = iou.gather(2, gts.unsqueeze(1).expand(B, N, Gs))  # [B, N, Gs]
-    preference = torch.empty(group_iou.shape, dtype=torch.int32, device=device).scatter_(
-        2, torch.sort(group_iou, dim=2, stable=True).indices,
-        _arange(1, Gs + 1, 1, device).expand(B, N, Gs))
-    slot = dets.clamp(max=N - 1) * Gs + _arange(0, Gs, 1, device).view(1, Gs, 1)
-    key = eligible * preference.view(B, -1).gather(1, slot.view(B, -1)).view(B, 1, Gs, M + 1)
+    # The D first relevant detections of each image, in position order (the rest is padding).
+    dets = torch.sort((~relevant).int(), dim=1, stable=True).indices[:, :D]  # [B, D]
+    det_group = group.gather(1, best_gt.gather(1, dets))
+    # Each detection's R best GTs, most preferred first: highest IoU, the later GT on ties.
+    # Lists run along dimension R, before D, so that reductions over them are vectorised.
+    det_iou = iou.gather(1, dets.unsqueeze(2).expand(B, D, G)) * relevant.gather(1, dets)[..., None]
+    det_iou, choice = torch.sort(det_iou.flip(2), dim=2, descending=True, stable=True)
+    choice = ((G - 1) - choice[..., :R]).transpose(1, 2).reshape(B, 1, 1, R * D)  # GT ids
+    det_iou = det_iou[..., :R].transpose(1, 2).contiguous()  # [B, R, D], D innermost in memory
+    eligible = det_iou.view(B, 1, 1, R, D) >= thresholds.view(T, 1, 1)
+    pending = active.gather(2, dets.unsqueeze(1).expand(B, S, D)).unsqueeze(2) & eligible.any(3)
+    # code > 0 names a GT and ranks the list: the maximum over free entries is the one to take.
+    code = (_arange(R, 0, -1, device).view(R, 1) * (G + 1) + choice.view(B, 1, 1, R, D)).int()
 
-    shape = (B, S, T, Gs)
-    group = group.view(B, 1, 1, Gs).expand(shape)
-    key = key.unsqueeze(1).expand(shape + (M + 1,))
-    # int32 positions and keys (CPU reductions over int64 are not vectorised); M - position of
-    # candidates, 0 elsewhere, as masks multiply faster than torch.where selects
-    countdown = _arange(M, -1, -1, device)
-    taken = torch.zeros(shape, dtype=torch.bool, device=device)
-    matched_at = torch.full(shape, M, device=device)
+    shape = (B, S, T, D)
+    det_group = det_group.view(B, 1, 1, D).expand(shape)
+    choice = choice.expand(B, S, T, R * D)
+    position = dets.view(B, 1, 1, D).expand(shape)
+    countdown = _arange(D, 0, -1, device)  # D - index, so that the first has the largest
+    taken = torch.zeros((B, S, T, G + 1), dtype=torch.bool, device=device)  # column G: scratch
     no_event = torch.zeros((B, S, T, G), dtype=torch.int32, device=device)
+    winner.masked_fill_(torch.nn.functional.pad(shared, (0, 1)).view(B, 1, 1, G + 1), N)
     for _ in range(steps):
         # the next detection of each group that has an eligible free GT ...
-        reachable = (candidate * countdown).amax(-1).masked_fill_(taken, 0)
-        countdown_at_event = no_event.scatter_reduce(3, group, reachable, "amax").gather(3, group)
-        candidate &= countdown < countdown_at_event.unsqueeze(-1)
-        event = M - countdown_at_event.long()
-        # ... takes the free one it prefers (preferences of one detection are distinct)
-        wish = key.gather(4, event.unsqueeze(-1)).squeeze(4).masked_fill_(taken, 0)
-        best_wish = no_event.scatter_reduce(3, group, wish, "amax").gather(3, group)
-        won = (wish == best_wish) & (wish > 0)
-        taken |= won
-        matched_at = torch.where(won, event, matched_at)
-    matched = dets.view(B, 1, 1, Gs, M + 1).expand(shape + (M + 1,)).gather(
-        4, matched_at.unsqueeze(-1)).view(shape)
-    gts = gts.view(B, 1, 1, Gs).expand(shape)
-    winner.scatter_(3, gts, torch.where(keep.view(B, 1, 1, Gs), winner.gather(3, gts), matched))
+        free = eligible > taken.gather(3, choice).view(B, S, T, R, D)  # eligible and not taken
+        wish = (free * code).amax(3)  # [B, S, T, D]: 0 if nothing is free
+        ready = (wish > 0) & pending
+        order = ready * countdown
+        first = no_event.scatter_reduce(3, det_group, order, "amax").gather(3, det_group)
+        event = (order == first) & ready  # [B, S, T, D], one per group at most
+        pending &= countdown < first
+        # ... takes the free one it prefers
+        target = torch.where(event, wish % (G + 1), G).long()
+        taken.scatter_(3, target, True)
+        winner.scatter_(3, target, position)
 
 
 def _average_precision(winner, rank, class_start, gt_classes, gt_valid):
