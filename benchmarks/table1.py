@@ -1,0 +1,373 @@
+#!/usr/bin/env python
+"""Paper Table 1 on any dataset: from one converged baseline, fine-tune with standard training,
+OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate each with greedy NMS and
+soft-NMS; write the table (mean ± std over seeds, the paper's numbers beside) and the pictures.
+
+    python benchmarks/table1.py \\
+        --baseline-config configs/demo/frcnn_R18_FPN_demo.yaml \\
+        --finetune-config configs/demo/ft_R18_FPN_demo.yaml \\
+        --seeds 0 1 2 --output output/table1_demo --paper-column \\
+        --variants "conditional=MODEL.PG.REWARD_ESTIMATOR conditional" \\
+        --grid MODEL.PG.SAMPLE_NMS=False,True MODEL.PG.BASELINE=nms,sampled_mean \\
+        -- DATALOADER.NUM_WORKERS 2
+
+Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine/experiment.py):
+  1. the baseline, once: --baseline-config (+ --baseline-opts) -> <output>/baseline;
+  2. for every seed, from <output>/baseline/model_final.pth, --finetune-config (+ --finetune-opts,
+     ``SEED s``) with each method, all on the same schedule -> <output>/<method>/seed<s>:
+       standard fine-tune  MODEL.PG.ENABLED False (the fair control: the same extra iterations
+                           without PG; the paper's "standard" row is the baseline itself)
+       OHEM                MODEL.ROI_HEADS.NAME OHEMROIHeads (fine-tuned like the others here)
+       PG γ=0 / PG γ=1     MODEL.PG.ENABLED True, MODEL.PG.GAMMA 0.0 / 1.0
+       variants            PG γ=1 plus named overrides (--variants NAME=KEY VALUE ...) or every
+                           combination of --grid KEY=V1,V2 ... (the SPEC §1 ablation: estimator ×
+                           sampled-set NMS × baseline r' × c); a combination identical to PG γ=1
+                           is not run twice;
+  3. every final model evaluated again with soft-NMS (``--eval-only MODEL.SOFT_NMS.ENABLED True``,
+     MODEL.SOFT_NMS.* as configured) -> <run dir>/soft_nms; greedy NMS is the training run's own
+     final evaluation;
+  4. <output>/table1.md and table1.json (every raw number, run folders, configs);
+  5. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
+     baseline, the standard fine-tune and PG γ=1 on the first test images) and
+     training_curves.png (losses, rewards and PG weights of every fine-tuning run).
+
+Overrides after ``--`` apply to every stage (data sets, batch size, ...); --baseline-opts and
+--finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
+finished result is reused, so an interrupted run continues where it stopped when started again
+with the same arguments; delete a run's folder to redo it.
+"""
+import argparse
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+import pgdet  # noqa: F401  (registers pgdet's components)
+from pgdet.data import register_datasets_from_cfg
+from pgdet.engine import ConfigError, build_cfg
+from pgdet.engine.experiment import METRIC_KEYS, run_stage
+from pgdet.engine.figures import detection_figure, training_curves_figure
+
+# Paper Table 1 (COCO minival, ResNet-101), keyed by (row, NMS), values in METRIC_KEYS order.
+PAPER = {
+    "frcnn": {
+        ("standard (baseline)", "greedy"): (36.3, 57.3, 38.8, 17.7, 42.4, 51.4),
+        ("standard (baseline)", "soft-NMS"): (36.9, 57.2, 40.1, 18.0, 42.7, 52.1),
+        ("OHEM", "greedy"): (36.9, 57.3, 40.2, 17.7, 42.7, 52.4),
+        ("PG γ=0", "greedy"): (37.6, 60.0, 40.2, 19.6, 42.6, 52.0),
+        ("PG γ=1", "greedy"): (38.3, 60.6, 40.9, 20.7, 43.2, 52.6),
+        ("PG γ=1", "soft-NMS"): (38.5, 60.8, 41.3, 20.9, 43.4, 52.7),
+    },
+    "fpn": {
+        ("standard (baseline)", "greedy"): (37.7, 58.5, 40.8, 19.3, 41.7, 52.3),
+        ("PG γ=1", "greedy"): (39.5, 60.2, 43.3, 22.7, 44.1, 51.9),
+    },
+}
+BASELINE, CONTROL = "standard (baseline)", "standard fine-tune"
+NMS_TYPES = ("greedy", "soft-NMS")
+SOFT_NMS_DIR = "soft_nms"
+FIGURE_SCORE_THRESH = 0.5  # paper Figure 3: "boxes with the confident scores higher than 0.5"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: its table label, its folder name, its fine-tune config overrides."""
+
+    label: str
+    slug: str
+    opts: Tuple[str, ...]
+
+
+PG_GAMMA1 = Method("PG γ=1", "pg_gamma1", ("MODEL.PG.ENABLED", "True", "MODEL.PG.GAMMA", "1.0"))
+METHODS = (
+    Method(CONTROL, "finetune_standard", ("MODEL.PG.ENABLED", "False")),
+    Method("OHEM", "ohem", ("MODEL.PG.ENABLED", "False", "MODEL.ROI_HEADS.NAME", "OHEMROIHeads")),
+    Method("PG γ=0", "pg_gamma0", ("MODEL.PG.ENABLED", "True", "MODEL.PG.GAMMA", "0.0")),
+    PG_GAMMA1,
+)
+
+
+class Run(NamedTuple):
+    seed: Optional[int]  # None: the baseline, trained once with its config's SEED
+    output_dir: str
+    metrics: Dict[str, float]  # COCO bbox metrics in %, as in the run's eval_metrics.json
+
+
+@dataclass
+class Row:
+    """One table row: a model family evaluated with one NMS, with the metrics of each run."""
+
+    method: str
+    nms: str
+    runs: List[Run] = field(default_factory=list)
+
+    def mean(self, key: str) -> float:
+        return float(np.mean([run.metrics[key] for run in self.runs]))
+
+    def std(self, key: str) -> float:
+        """Sample standard deviation over the runs (nan for a single run)."""
+        values = [run.metrics[key] for run in self.runs]
+        return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def pg_variant(name: str, opts: Sequence[str]) -> Method:
+    """PG γ=1 with extra overrides, labelled and filed under `name`."""
+    return Method(f"PG γ=1, {name}", "pg_" + _slug(name), PG_GAMMA1.opts + tuple(opts))
+
+
+def parse_variant(text: str) -> Method:
+    """``"NAME=KEY VALUE [KEY VALUE ...]"`` -> PG γ=1 plus those overrides."""
+    name, sep, rest = text.partition("=")
+    opts = rest.split()
+    if not (sep and name.strip() and opts and len(opts) % 2 == 0):
+        raise ConfigError(f"--variants entry {text!r} is not 'NAME=KEY VALUE [KEY VALUE ...]', "
+                          "e.g. 'conditional=MODEL.PG.REWARD_ESTIMATOR conditional'.")
+    return pg_variant(name.strip(), opts)
+
+
+def grid_variants(specs: Sequence[str]) -> List[Method]:
+    """Every combination of ``KEY=V1,V2,...`` entries, each a PG γ=1 variant named by its values."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not (sep and key and values):
+            raise ConfigError(f"--grid entry {spec!r} is not 'KEY=V1,V2,...', "
+                              "e.g. 'MODEL.PG.REWARD_ESTIMATOR=joint,conditional'.")
+        axes.append([(key, v) for v in values.split(",")])
+    return [
+        pg_variant(", ".join(f"{key.split('.')[-1]}={value}" for key, value in point),
+                   [item for pair in point for item in pair])
+        for point in itertools.product(*axes)
+    ]
+
+
+def distinct_methods(variants: Sequence[Method], finetune_cfg) -> List[Method]:
+    """METHODS plus the variants that configure a run different from every method before them.
+
+    `finetune_cfg(opts)` builds the fine-tune config with `opts`, which also rejects unknown keys
+    before anything trains.
+    """
+    methods, configs = [], []
+    for method in (*METHODS, *variants):
+        cfg = finetune_cfg(method.opts)
+        if cfg in configs:
+            print(f"[table1] {method.label}: same config as "
+                  f"{methods[configs.index(cfg)].label}; not run twice", flush=True)
+            continue
+        if method.slug in {m.slug for m in methods}:
+            raise ConfigError(f"Two methods would share the folder {method.slug!r}; rename one.")
+        methods.append(method)
+        configs.append(cfg)
+    return methods
+
+
+class Progress:
+    """Numbers the stages and prints the time elapsed since the experiment began."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def stage(self, what: str):
+        self.done += 1
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.start))
+        print(f"\n[table1] stage {self.done}/{self.total} ({elapsed} elapsed): {what}", flush=True)
+
+
+def run_experiment(args, methods: Sequence[Method]) -> Tuple[List[Row], Dict[str, str]]:
+    """Run (or reuse) every stage; return the table rows and the final model of each figure row."""
+    common = list(args.opts)
+    base_opts = common + list(args.baseline_opts)
+    ft_common = common + list(args.finetune_opts)
+    baseline_dir = os.path.join(args.output, "baseline")
+    baseline_weights = os.path.join(baseline_dir, "model_final.pth")
+    progress = Progress(2 + 2 * len(args.seeds) * len(methods))
+    rows = {(m, n): Row(m, n) for m in [BASELINE] + [x.label for x in methods]
+            for n in NMS_TYPES}
+
+    def train_and_soft_nms(label, slug, config, opts, out_dir, seed, weights_opts):
+        progress.stage(f"{label}, train + greedy-NMS evaluation -> {out_dir}")
+        metrics = run_stage(slug, config, out_dir, [*opts, *weights_opts], num_gpus=args.num_gpus)
+        rows[label, "greedy"].runs.append(Run(seed, out_dir, metrics))
+        soft_dir = os.path.join(out_dir, SOFT_NMS_DIR)
+        progress.stage(f"{label}, soft-NMS evaluation -> {soft_dir}")
+        metrics = run_stage(
+            slug + "_soft_nms", config, soft_dir,
+            [*opts, "MODEL.WEIGHTS", os.path.join(out_dir, "model_final.pth"),
+             "MODEL.SOFT_NMS.ENABLED", "True"],
+            num_gpus=args.num_gpus, eval_only=True)
+        rows[label, "soft-NMS"].runs.append(Run(seed, soft_dir, metrics))
+
+    train_and_soft_nms(BASELINE, "baseline", args.baseline_config, base_opts, baseline_dir,
+                       None, [])
+    final_models = {BASELINE: baseline_dir}
+    for seed in args.seeds:
+        for method in methods:
+            out_dir = os.path.join(args.output, method.slug, f"seed{seed}")
+            train_and_soft_nms(
+                method.label, f"{method.slug}_seed{seed}", args.finetune_config,
+                [*ft_common, *method.opts, "SEED", str(seed)], out_dir, seed,
+                ["MODEL.WEIGHTS", baseline_weights])
+            final_models.setdefault(method.label, out_dir)
+    return list(rows.values()), final_models
+
+
+def _number(value: float, sign: str = "") -> str:
+    """One decimal, as the paper prints; "nan" where COCO had nothing to measure (no boxes)."""
+    return "nan" if np.isnan(value) else f"{value:{sign}.1f}"
+
+
+def _cell(row: Row, key: str) -> str:
+    mean = _number(row.mean(key))
+    return mean if len(row.runs) == 1 else f"{mean} ± {_number(row.std(key))}"
+
+
+def format_table1(rows: Sequence[Row], paper: Optional[str] = None) -> str:
+    """Markdown table shaped like the paper's Table 1: one line per (method, NMS); COCO metrics as
+    mean ± sample std over seeds; ΔAP against the standard fine-tune with the same NMS (the fair
+    control); the paper's AP of the same row when `paper` ("frcnn" or "fpn") is given."""
+    control = {r.nms: r.mean("AP") for r in rows if r.method == CONTROL}
+    head = ["method", "NMS", "runs", *METRIC_KEYS, f"ΔAP vs {CONTROL}"]
+    head += [f"paper AP ({paper})"] if paper else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        delta = "—" if row.method == CONTROL else _number(row.mean("AP") - control[row.nms], "+")
+        cells = [row.method, row.nms, str(len(row.runs)), *(_cell(row, k) for k in METRIC_KEYS),
+                 delta]
+        if paper:
+            reference = PAPER[paper].get((row.method, row.nms))
+            cells.append(f"{reference[0]:.1f}" if reference else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
+    """Write table1.md and table1.json into the output folder; return the markdown."""
+    variants = [m for m in methods if m not in METHODS]
+    notes = [
+        f"# Table 1 on `{dataset}`",
+        "",
+        f"Baseline `{args.baseline_config}` (+ `{' '.join(args.baseline_opts)}`), fine-tuned "
+        f"with `{args.finetune_config}` (+ `{' '.join(args.finetune_opts)}`), seeds "
+        f"{' '.join(map(str, args.seeds))}; overrides for every stage: `{' '.join(args.opts)}`.",
+        "",
+        format_table1(rows, args.paper_column),
+        "",
+        "- Metrics: COCO bbox AP (%) of the final models; mean ± sample standard deviation over "
+        "the runs (one per seed; the baseline is trained once).",
+        f"- *{BASELINE}* is the converged baseline (the paper's *standard*); *{CONTROL}* trains it "
+        "for the same extra iterations without PG: the fair control for every fine-tuned row.",
+        f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
+        f"{soft_nms_cfg.SIGMA}, score threshold {soft_nms_cfg.SCORE_THRESH} (MODEL.SOFT_NMS.*).",
+    ]
+    notes += [f"- *{m.label}*: PG γ=1 + `{' '.join(m.opts[len(PG_GAMMA1.opts):])}`"
+              for m in variants]
+    if args.paper_column:
+        notes.append("- paper: Rao et al. 2018, Table 1 (COCO minival, ResNet-101); only the AP "
+                     "column is shown, all six metrics are in table1.json.")
+    notes += ["", "![Figure 3](figures/figure3_detections.png)", "",
+              "![training curves](figures/training_curves.png)", ""]
+    markdown = "\n".join(notes)
+    with open(os.path.join(args.output, "table1.md"), "w") as f:
+        f.write(markdown)
+    raw = {
+        "baseline_config": args.baseline_config, "finetune_config": args.finetune_config,
+        "seeds": args.seeds, "opts": args.opts, "baseline_opts": args.baseline_opts,
+        "finetune_opts": args.finetune_opts, "test_dataset": dataset,
+        "methods": {m.label: {"folder": m.slug, "opts": list(m.opts)} for m in methods},
+        "rows": [{
+            "method": r.method, "nms": r.nms,
+            "runs": [run._asdict() for run in r.runs],
+            "mean": {k: r.mean(k) for k in METRIC_KEYS},
+            "std": {k: r.std(k) for k in METRIC_KEYS},
+            "paper": dict(zip(METRIC_KEYS, PAPER[args.paper_column][r.method, r.nms]))
+            if args.paper_column and (r.method, r.nms) in PAPER[args.paper_column] else None,
+        } for r in rows],
+    }
+    with open(os.path.join(args.output, "table1.json"), "w") as f:
+        json.dump(raw, f, indent=1, ensure_ascii=False)
+    return markdown
+
+
+def draw_figures(args, methods, final_models: Dict[str, str], ft_cfg, base_cfg, dataset: str):
+    """Figure 3 (baseline, standard fine-tune and PG γ=1 of the first seed) and the curves."""
+    figures = os.path.join(args.output, "figures")
+    method_opts = {m.label: m.opts for m in methods}
+    models = []
+    for label, make_cfg in ((BASELINE, base_cfg), (CONTROL, ft_cfg), (PG_GAMMA1.label, ft_cfg)):
+        cfg = make_cfg(method_opts.get(label, ()))
+        cfg.MODEL.WEIGHTS = os.path.join(final_models[label], "model_final.pth")
+        register_datasets_from_cfg(cfg)
+        seed = "" if label == BASELINE else f", seed {args.seeds[0]}"
+        models.append((label + seed, cfg))
+    detection_figure(models, dataset, os.path.join(figures, "figure3_detections.png"),
+                     num_images=args.figure_images, score_thresh=FIGURE_SCORE_THRESH)
+    curves = {m.label: [os.path.join(args.output, m.slug, f"seed{s}") for s in args.seeds]
+              for m in methods}
+    training_curves_figure(curves, os.path.join(figures, "training_curves.png"))
+    print(f"[table1] figures written to {figures}", flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline-config", required=True)
+    parser.add_argument("--finetune-config", required=True,
+                        help="schedule of every fine-tuning run (e.g. a PG config)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--paper-column", nargs="?", const="frcnn", choices=sorted(PAPER),
+                        help="add the paper's AP column (Faster R-CNN rows, or fpn)")
+    parser.add_argument("--variants", nargs="+", default=[], metavar="NAME=KEY VALUE ...")
+    parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2")
+    parser.add_argument("--baseline-opts", nargs="+", default=[], metavar="KEY VALUE")
+    parser.add_argument("--finetune-opts", nargs="+", default=[], metavar="KEY VALUE")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage (CPU: gloo)")
+    parser.add_argument("--figure-images", type=int, default=4, help="images in Figure 3")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="KEY VALUE overrides for every stage, after --")
+    args = parser.parse_args(argv)
+    args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    args.output = os.path.abspath(args.output)
+    args.baseline_config = os.path.abspath(args.baseline_config)
+    args.finetune_config = os.path.abspath(args.finetune_config)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ft_common = [*args.opts, *args.finetune_opts]
+
+    def ft_cfg(opts):
+        return build_cfg(args.finetune_config, [*ft_common, *opts])
+
+    def base_cfg(opts):
+        return build_cfg(args.baseline_config, [*args.opts, *args.baseline_opts, *opts])
+
+    try:
+        variants = [parse_variant(v) for v in args.variants] + grid_variants(args.grid)
+        methods = distinct_methods(variants, ft_cfg)
+        cfg = ft_cfg(())
+        base_cfg(())
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    if not cfg.DATASETS.TEST:
+        sys.exit("error: the fine-tune config has no DATASETS.TEST; Table 1 needs a test set.")
+    os.makedirs(args.output, exist_ok=True)
+    rows, final_models = run_experiment(args, methods)
+    markdown = write_report(args, methods, rows, cfg.MODEL.SOFT_NMS, cfg.DATASETS.TEST[0])
+    print("\n" + markdown, flush=True)
+    draw_figures(args, methods, final_models, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""benchmarks/table1.py: the Table-1 runner end to end on a tiny dataset, and its table maths.
+
+The end-to-end test runs the real runner (baseline 8 iterations, each fine-tune 2, one seed) on a
+Pascal-VOC folder of a few images written here, so that each evaluation takes a second. The
+oracles are the files the stages themselves wrote: each run's ``eval_metrics.json`` (what the
+table must show) and ``config.yaml`` (what each method must have trained with).
+"""
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from pgdet.data.demo import CLASS_NAMES
+from pgdet.engine import build_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "table1.py")
+DEMO = os.path.join(REPO, "configs", "demo")
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# (row label, folder of its greedy-NMS run relative to the output) as documented by the runner
+RUNS = {
+    "standard (baseline)": "baseline",
+    "standard fine-tune": "finetune_standard/seed0",
+    "OHEM": "ohem/seed0",
+    "PG γ=0": "pg_gamma0/seed0",
+    "PG γ=1": "pg_gamma1/seed0",
+}
+PAPER_AP = {("standard (baseline)", "greedy"): "36.3", ("standard (baseline)", "soft-NMS"): "36.9",
+            ("OHEM", "greedy"): "36.9", ("PG γ=0", "greedy"): "37.6", ("PG γ=1", "greedy"): "38.3",
+            ("PG γ=1", "soft-NMS"): "38.5"}
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("table1", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _draw_shape(draw, class_index, x0, y0, side, colour):
+    """A filled disc / square / triangle / cross (the demo's classes) in the box (x0, y0, side)."""
+    x1, y1 = x0 + side, y0 + side
+    if class_index == 0:
+        draw.ellipse([x0, y0, x1, y1], fill=colour)
+    elif class_index == 1:
+        draw.rectangle([x0, y0, x1, y1], fill=colour)
+    elif class_index == 2:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=colour)
+    else:
+        third = side / 3
+        draw.rectangle([x0 + third, y0, x1 - third, y1], fill=colour)
+        draw.rectangle([x0, y0 + third, x1, y1 - third], fill=colour)
+
+
+def write_tiny_voc(root, num_train=8, num_val=4, size=128):
+    """A Pascal-VOC folder of images with two large shapes each (all four classes occur).
+
+    Large objects make even a model trained for a few iterations score a non-zero, run-dependent
+    AP, so that the table's numbers can tell the runs apart.
+    """
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for split, count, code in (("train", num_train, 0), ("val", num_val, 1)):
+        ids = [f"{split}{i:02d}" for i in range(count)]
+        for i, file_id in enumerate(ids):
+            rng = np.random.default_rng([code, i])
+            image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 80, 3)))
+            objects = ""
+            for k, class_index in enumerate(((i + code) % 4, (i + code + 1) % 4)):
+                side = int(rng.integers(40, 60))
+                x0 = 4 + 64 * k + int(rng.integers(0, 61 - side))
+                y0 = int(rng.integers(4, size - side - 4))
+                colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+                _draw_shape(ImageDraw.Draw(image), class_index, x0, y0, side, colour)
+                objects += (f"<object><name>{CLASS_NAMES[class_index]}</name><bndbox>"
+                            f"<xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+                            f"<xmax>{x0 + side + 1}</xmax><ymax>{y0 + side + 1}</ymax>"
+                            "</bndbox></object>")
+            image.save(os.path.join(root, "JPEGImages", file_id + ".jpg"))
+            with open(os.path.join(root, "Annotations", file_id + ".xml"), "w") as f:
+                f.write(f"<annotation><size><width>{size}</width><height>{size}</height></size>"
+                        f"{objects}</annotation>")
+        with open(os.path.join(root, "ImageSets", "Main", split + ".txt"), "w") as f:
+            f.write("\n".join(ids) + "\n")
+
+
+def parse_markdown_table(text):
+    """{(method, NMS): {column: cell}} of the first markdown table in `text`."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        rows[cells["method"], cells["NMS"]] = cells
+    return rows
+
+
+def file_mtimes(root):
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(root) for f in files
+            if f.endswith((".pth", ".txt", ".json")) and "figures" not in d
+            and not f.startswith("table1")}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("table1")
+    voc = str(root / "voc")
+    write_tiny_voc(voc)
+    out = root / "out"
+    cmd = [
+        sys.executable, SCRIPT,
+        "--baseline-config", os.path.join(DEMO, "frcnn_R18_FPN_demo.yaml"),
+        "--finetune-config", os.path.join(DEMO, "ft_R18_FPN_demo.yaml"),
+        "--seeds", "0", "--output", str(out), "--paper-column", "--figure-images", "2",
+        "--baseline-opts", "SOLVER.MAX_ITER", "8",
+        "--finetune-opts", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.02", "--",
+        "DATASETS.VOC_DIRS", f"['tiny_train:{voc}:train','tiny_val:{voc}:val']",
+        "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+        "MODEL.OHEM.BATCH_SIZE_PER_IMAGE", "32",
+    ]
+    # one thread per process: on a shared 2-core machine OpenMP spinning makes runs ~5x slower
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    before = file_mtimes(out)
+    start = time.time()
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return {"out": out, "first": first.stdout, "second": second.stdout, "before": before,
+            "after": file_mtimes(out), "rerun_seconds": time.time() - start}
+
+
+def _eval_metrics(run_dir):
+    with open(os.path.join(run_dir, "eval_metrics.json")) as f:
+        return json.load(f)
+
+
+def _expected_runs(out):
+    """{(method, NMS): folder} from the documented layout: soft-NMS in <run>/soft_nms."""
+    return {(label, nms): os.path.join(out, rel, *(["soft_nms"] if nms == "soft-NMS" else []))
+            for label, rel in RUNS.items() for nms in ("greedy", "soft-NMS")}
+
+
+def _fmt(value, sign=""):
+    return "nan" if math.isnan(value) else f"{value:{sign}.1f}"
+
+
+def test_table_rows_equal_each_runs_eval_metrics(experiment):
+    out = experiment["out"]
+    table = parse_markdown_table((out / "table1.md").read_text())
+    expected = _expected_runs(out)
+    assert set(table) == set(expected)
+    # the check below can only catch swapped runs if the runs differ
+    assert len({cells["AP50"] for cells in table.values()}) >= 3
+    control = {nms: _eval_metrics(expected["standard fine-tune", nms])["AP"]
+               for nms in ("greedy", "soft-NMS")}
+    for (label, nms), run_dir in expected.items():
+        metrics = _eval_metrics(run_dir)
+        cells = table[label, nms]
+        assert cells["runs"] == "1"
+        for key in METRICS:
+            assert cells[key] == _fmt(metrics[key]), (label, nms, key)
+        delta = cells["ΔAP vs standard fine-tune"]
+        assert delta == ("—" if label == "standard fine-tune"
+                         else _fmt(metrics["AP"] - control[nms], "+"))
+        assert cells["paper AP (frcnn)"] == PAPER_AP.get((label, nms), "—")
+
+
+def test_raw_json_holds_the_exact_numbers(experiment):
+    out = experiment["out"]
+    raw = json.loads((out / "table1.json").read_text())
+    expected = _expected_runs(out)
+    assert len(raw["rows"]) == len(expected)
+    for row in raw["rows"]:
+        (run,) = row["runs"]
+        assert run["output_dir"] == expected[row["method"], row["nms"]]
+        metrics = _eval_metrics(run["output_dir"])
+        assert run["metrics"] == pytest.approx(metrics, nan_ok=True)
+        assert run["seed"] == (None if row["method"] == "standard (baseline)" else 0)
+    pg = next(r for r in raw["rows"] if (r["method"], r["nms"]) == ("PG γ=1", "soft-NMS"))
+    assert pg["paper"] == {"AP": 38.5, "AP50": 60.8, "AP75": 41.3, "APs": 20.9, "APm": 43.4,
+                           "APl": 52.7}
+
+
+def _config(run_dir):
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def test_each_stage_trained_and_evaluated_what_its_row_claims(experiment):
+    out = experiment["out"]
+    baseline = _config(out / "baseline")
+    assert baseline["SOLVER"]["MAX_ITER"] == 8 and baseline["MODEL"]["WEIGHTS"] == ""
+    claims = {  # folder: (PG enabled, gamma, ROI heads)
+        "finetune_standard": (False, None, "PGROIHeads"),
+        "ohem": (False, None, "OHEMROIHeads"),
+        "pg_gamma0": (True, 0.0, "PGROIHeads"),
+        "pg_gamma1": (True, 1.0, "PGROIHeads"),
+    }
+    weights = str(out / "baseline" / "model_final.pth")
+    for folder, (enabled, gamma, heads) in claims.items():
+        run = out / folder / "seed0"
+        cfg = _config(run)
+        assert cfg["MODEL"]["WEIGHTS"] == weights
+        assert cfg["SOLVER"]["MAX_ITER"] == 2 and cfg["SEED"] == 0
+        assert cfg["MODEL"]["PG"]["ENABLED"] is enabled
+        assert cfg["MODEL"]["ROI_HEADS"]["NAME"] == heads
+        if gamma is not None:
+            assert cfg["MODEL"]["PG"]["GAMMA"] == gamma
+        assert not cfg["MODEL"]["SOFT_NMS"]["ENABLED"]
+        soft = _config(run / "soft_nms")
+        assert soft["MODEL"]["SOFT_NMS"]["ENABLED"] and soft["MODEL"]["WEIGHTS"] == str(
+            run / "model_final.pth")
+        assert not (run / "soft_nms" / "model_final.pth").exists()  # evaluated, not trained
+    records = [json.loads(line) for line in (out / "pg_gamma1" / "seed0" / "metrics.json").open()]
+    assert any("pg/mean_weight" in r for r in records)
+
+
+def test_figures_are_pngs(experiment):
+    for name in ("figure3_detections.png", "training_curves.png"):
+        path = experiment["out"] / "figures" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert min(image.size) >= 400
+            assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
+
+
+def test_rerun_reuses_every_stage(experiment):
+    assert experiment["before"] == experiment["after"]  # no weights, log or metrics rewritten
+    assert experiment["second"].count("reusing finished run") == 10
+    assert "$ " not in experiment["second"]  # no train_net.py command was started
+    assert experiment["first"].count("$ ") == 10
+
+
+def _row(runner, aps, nms="greedy", method="PG γ=1"):
+    runs = [runner.Run(seed, f"/runs/{seed}", {k: ap + i for i, k in enumerate(METRICS)})
+            for seed, ap in enumerate(aps)]
+    return runner.Row(method, nms, runs)
+
+
+def test_mean_and_sample_std_over_seeds():
+    runner = _load_runner()
+    pg_aps, control_aps = [30.0, 31.5, 29.25], [28.0, 28.5]
+    rows = [_row(runner, control_aps, method="standard fine-tune"), _row(runner, pg_aps)]
+    table = parse_markdown_table(runner.format_table1(rows))
+    cells = table["PG γ=1", "greedy"]
+    assert cells["runs"] == "3"
+    for i, key in enumerate(METRICS):
+        values = [ap + i for ap in pg_aps]
+        assert cells[key] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    expected_delta = statistics.mean(pg_aps) - statistics.mean(control_aps)
+    assert cells["ΔAP vs standard fine-tune"] == f"{expected_delta:+.1f}"
+
+
+def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
+    runner = _load_runner()
+    grid = runner.grid_variants(["MODEL.PG.REWARD_ESTIMATOR=joint,conditional",
+                                 "MODEL.PG.SAMPLE_NMS=False,True", "MODEL.PG.REWARD_SCALE=1.0,2.0"])
+    assert len(grid) == 8 and len({m.slug for m in grid}) == 8
+    config = os.path.join(DEMO, "ft_R18_FPN_demo.yaml")
+    settings = set()
+    for method in grid:
+        pg = build_cfg(config, list(method.opts)).MODEL.PG
+        assert pg.ENABLED and pg.GAMMA == 1.0
+        settings.add((pg.REWARD_ESTIMATOR, pg.SAMPLE_NMS, pg.REWARD_SCALE))
+    assert settings == {(e, n, c) for e in ("joint", "conditional") for n in (False, True)
+                        for c in (1.0, 2.0)}
+    methods = runner.distinct_methods(grid, lambda opts: build_cfg(config, list(opts)))
+    # the (joint, no NMS, c = 1) point is the paper's defaults, i.e. PG γ=1 itself
+    assert [m.label for m in methods[:4]] == ["standard fine-tune", "OHEM", "PG γ=0", "PG γ=1"]
+    assert len(methods) == 4 + 7
+    variant = runner.parse_variant("sampled mean=MODEL.PG.BASELINE sampled_mean")
+    assert variant.slug == "pg_sampled_mean"
+    assert variant.opts[-2:] == ("MODEL.PG.BASELINE", "sampled_mean")
