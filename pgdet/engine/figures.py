@@ -16,6 +16,7 @@ import os
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -47,28 +48,30 @@ def predict(cfg, dataset_dicts: Sequence[dict], score_thresh: float) -> List:
 
 
 def detection_figure(
-    models: Sequence[Tuple[str, object]], dataset_name: str, path: str, num_images: int = 4,
-    score_thresh: float = 0.5, scale: float = 3.0,
+    models: Sequence[Tuple[str, CfgNode]], dataset_name: str, path: str, num_images: int = 4,
+    score_thresh: float = 0.5, min_side: int = 480,
 ) -> None:
     """Draw the first `num_images` images of `dataset_name` in columns: ground truth in the top
     row, then one row of detections (score > `score_thresh`) per ``(label, cfg)`` in `models`.
 
     The dataset must be registered (pgdet's ``register_datasets_from_cfg``). Small images are
-    magnified by `scale` so that the class labels stay legible.
+    drawn with their shorter side magnified to `min_side` pixels, so that the class labels
+    (whose font size detectron2's Visualizer derives from the drawing size) stay legible.
     """
     dataset_dicts = DatasetCatalog.get(dataset_name)[:num_images]
     metadata = MetadataCatalog.get(dataset_name)
     images = [read_image(d["file_name"], format="RGB") for d in dataset_dicts]
+    scales = [max(1.0, min_side / min(im.shape[:2])) for im in images]
     # rows of (label, [(drawing, number of boxes drawn) per image])
     rows = [("ground truth", [
-        (Visualizer(im, metadata, scale=scale).draw_dataset_dict(d), len(d["annotations"]))
-        for im, d in zip(images, dataset_dicts)
+        (Visualizer(im, metadata, scale=k).draw_dataset_dict(d), len(d["annotations"]))
+        for im, k, d in zip(images, scales, dataset_dicts)
     ])]
     for label, cfg in models:
         detections = predict(cfg, dataset_dicts, score_thresh)
         rows.append((label, [
-            (Visualizer(im, metadata, scale=scale).draw_instance_predictions(det), len(det))
-            for im, det in zip(images, detections)
+            (Visualizer(im, metadata, scale=k).draw_instance_predictions(det), len(det))
+            for im, k, det in zip(images, scales, detections)
         ]))
 
     fig = Figure(figsize=(4.0 * len(images), 4.2 * len(rows)), layout="constrained")
