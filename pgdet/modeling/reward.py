@@ -16,12 +16,13 @@ computes all of them together, in torch, on the device of the inputs.
   Everything is laid out class-major (classes never interact), score-descending within a class.
 * **Greedy matching.** COCOeval walks each class's detections by score; each takes the free GT of
   highest IoU >= t (ties: the later GT). A GT that no detection reaches together with another GT
-  simply goes to the first active detection eligible for it: one masked maximum over all images,
-  sets, thresholds and GTs. GTs that some detection reaches together (at the lowest threshold)
-  form groups, and only those are replayed by *match events*: in one step every group, set,
-  threshold and image lets its next detection that still has an eligible free GT take the one it
-  prefers. Each step matches a GT per group, so the Python loop runs (GTs in the largest group)
-  times — usually 2 to 4 — and never once per detection.
+  (at the lowest threshold) simply goes to the first active detection eligible for it: one
+  masked maximum over all images, sets, thresholds and GTs. GTs that some detection reaches
+  together form groups (connected components), and only their detections are replayed, by
+  *match events*: in one step every group, set, threshold and image lets its next detection that
+  still has an eligible free GT take the first free one on its preference list. Each step
+  matches a GT per group, so the Python loop runs (GTs in the largest group) times — usually 2
+  to 4 — and never once per detection.
 * **Accumulation per true positive.** Each GT's match is a true positive (TP); sorting them by
   position lines up each class's TPs in COCO order. The k-th TP of a class has precision
   k / (detections so far + eps) as in COCOeval, the suffix maximum over the class's TPs is the
@@ -29,8 +30,10 @@ computes all of them together, in torch, on the device of the inputs.
   points r with (k-1)/npig < r <= k/npig (k = 1 also r = 0). AP = sum of envelope * answered
   points / 101, averaged over IoU thresholds and the classes that have GT.
 
-Host-device synchronisations: one per call if no detection reaches two GTs, else two (the sizes of
-the replay tables), whatever the numbers of boxes, sets and images.
+Host-device synchronisations: none with a single GT slot, one to learn whether any detection
+reaches two GTs, and one more, only then, for the sizes of the replay: at most two per call,
+whatever the numbers of boxes, sets and images. CPU note: small tensors make intra-op threads a
+loss on a busy machine; the tests and benchmark use torch.set_num_threads(1).
 """
 import functools
 
@@ -226,8 +229,10 @@ def _replay_shared_gts(winner, iou, best_iou, best_gt, active, thresholds, lowes
     det_iou = det_iou[..., :R].transpose(1, 2).contiguous()  # [B, R, D], D innermost in memory
     eligible = det_iou.view(B, 1, 1, R, D) >= thresholds.view(T, 1, 1)
     pending = active.gather(2, dets.unsqueeze(1).expand(B, S, D)).unsqueeze(2) & eligible.any(3)
-    # code > 0 names a GT and ranks the list: the maximum over free entries is the one to take.
-    code = (_arange(R, 0, -1, device).view(R, 1) * (G + 1) + choice.view(B, 1, 1, R, D)).int()
+    # code > 0 ranks the list in its high bits and names the GT in its low ``bits``: the maximum
+    # over free entries is the one to take.
+    bits = G.bit_length()
+    code = ((_arange(R, 0, -1, device).view(R, 1) << bits) + choice.view(B, 1, 1, R, D)).int()
 
     shape = (B, S, T, D)
     det_group = det_group.view(B, 1, 1, D).expand(shape)
@@ -247,7 +252,7 @@ def _replay_shared_gts(winner, iou, best_iou, best_gt, active, thresholds, lowes
         event = (order == first) & ready  # [B, S, T, D], one per group at most
         pending &= countdown < first
         # ... takes the free one it prefers
-        target = torch.where(event, wish % (G + 1), G).long()
+        target = torch.where(event, wish & ((1 << bits) - 1), G).long()
         taken.scatter_(3, target, True)
         winner.scatter_(3, target, position)
 
