@@ -24,6 +24,8 @@ from detectron2.utils.visualizer import Visualizer
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+# Visualizer's labels (≈ 1/90 of the drawing's size) would be unreadable once panels are shrunk
+LABEL_FONT_SCALE = 1.6
 # metrics.json keys plotted by training_curves_figure, with their panel titles
 CURVES = (
     ("total_loss", "total loss"),
@@ -61,18 +63,18 @@ def detection_figure(
     dataset_dicts = DatasetCatalog.get(dataset_name)[:num_images]
     metadata = MetadataCatalog.get(dataset_name)
     images = [read_image(d["file_name"], format="RGB") for d in dataset_dicts]
-    scales = [max(1.0, min_side / min(im.shape[:2])) for im in images]
+
+    def canvas(image):
+        scale = max(1.0, min_side / min(image.shape[:2]))
+        return Visualizer(image, metadata, scale=scale, font_size_scale=LABEL_FONT_SCALE)
+
     # rows of (label, [(drawing, number of boxes drawn) per image])
-    rows = [("ground truth", [
-        (Visualizer(im, metadata, scale=k).draw_dataset_dict(d), len(d["annotations"]))
-        for im, k, d in zip(images, scales, dataset_dicts)
-    ])]
+    rows = [("ground truth", [(canvas(im).draw_dataset_dict(d), len(d["annotations"]))
+                              for im, d in zip(images, dataset_dicts)])]
     for label, cfg in models:
         detections = predict(cfg, dataset_dicts, score_thresh)
-        rows.append((label, [
-            (Visualizer(im, metadata, scale=k).draw_instance_predictions(det), len(det))
-            for im, k, det in zip(images, scales, detections)
-        ]))
+        rows.append((label, [(canvas(im).draw_instance_predictions(det), len(det))
+                             for im, det in zip(images, detections)]))
 
     fig = Figure(figsize=(4.0 * len(images), 4.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(images), squeeze=False)
