@@ -3,7 +3,8 @@
 Boxes live on a 1/8-pixel grid so float32 holds them exactly and IoUs can land exactly on the
 thresholds (a GT of width 20m shrunk to t * 20m has IoU t with it). The random corpus mixes every
 kind of detection COCOeval distinguishes; a check on the corpus itself makes sure the awkward kinds
-(exact boundary IoUs, detections reaching two GTs, > 100 detections of a class, ties) are there.
+(exact boundary IoUs, detections reaching two GTs, equal IoU with two GTs, > 100 detections of a
+class, tied scores) are there.
 """
 import contextlib
 import io
@@ -312,3 +313,4 @@ def test_hand_computed_case():
     high = 51 / 101
     expected = (6 * low + 4 * high) / 10 / 2
     assert abs(ap.item() - expected) <= TOLERANCE
+    assert ap.dtype == torch.float32 and not ap.is_inference()  # usable in the loss's autograd
