@@ -14,5 +14,6 @@ test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_reward.py
 	$(PY) benchmarks/bench_iteration.py

@@ -6,6 +6,8 @@ Call :func:`add_pgdet_config` on ``detectron2.config.get_cfg()`` before merging 
 """
 from detectron2.config import CfgNode as CN
 
+from .modeling.reward import COCO_IOU_THRESHOLDS
+
 
 def add_pgdet_config(cfg):
     """Add pgdet's keys, with their defaults, to a detectron2 config (in place)."""
@@ -31,8 +33,9 @@ def add_pgdet_config(cfg):
     # The baseline r' of eq. 9: "nms" = AP of the test-time NMS result (the paper), or
     # "sampled_mean" = mean reward of the k sampled actions (self-critical style; beyond the paper).
     _C.MODEL.PG.BASELINE = "nms"
-    # IoU thresholds of the per-image COCO-style AP reward (§4.1: "0.5:0.95").
-    _C.MODEL.PG.IOU_THRESHOLDS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    # IoU thresholds of the per-image COCO-style AP reward (§4.1: "0.5:0.95"), as COCOeval's
+    # np.linspace computes them (its 0.9 is 0.8999999999999999), so the reward equals COCOeval's.
+    _C.MODEL.PG.IOU_THRESHOLDS = list(COCO_IOU_THRESHOLDS)
     # N_bb of eq. 3: the detection cap of a sampled set, and COCO's maxDets of the reward.
     _C.MODEL.PG.MAX_DETECTIONS = 100
 

@@ -25,7 +25,7 @@ if [ ! -x "$PY" ]; then
 fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/setup.py" "$0" | sha1sum)" ] \
-   && "$PY" -c "import torch, torchvision, detectron2, pgdet, pytest" 2>/dev/null; then
+   && "$PY" -c "import torch, torchvision, detectron2, pgdet, pytest, timm" 2>/dev/null; then
   log "environment ready ($VENV)"
   exit 0
 fi
@@ -61,7 +61,7 @@ else
 fi
 
 log "installing pgdet (editable) and test dependencies"
-pipi -e "$ROOT[test]"
+pipi -e "$ROOT[test,pretrained]"
 "$PY" -c "import torch, torchvision, detectron2, pgdet" 
 cat "$ROOT/setup.py" "$0" | sha1sum > "$STAMP"
 log "environment ready ($VENV)"

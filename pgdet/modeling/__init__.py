@@ -4,6 +4,7 @@ from .fpn_backbone import build_resnet_dilated_fpn_backbone
 from .ohem_roi_heads import OHEMROIHeads
 from .pg_output_layers import PGFastRCNNOutputLayers
 from .pg_roi_heads import PGROIHeads
+from .pretrained_backbone import build_timm_fpn_backbone
 from .rpn_head import PerLevelAnchorRPNHead
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "PerLevelAnchorRPNHead",
     "StridedConvFCHead",
     "build_resnet_dilated_fpn_backbone",
+    "build_timm_fpn_backbone",
 ]

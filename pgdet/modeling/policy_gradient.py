@@ -31,7 +31,7 @@ from detectron2.layers import batched_nms
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances
 
-from .reward import image_ap
+from .reward import COCO_IOU_THRESHOLDS, image_ap
 
 REWARD_ESTIMATORS = ("joint", "conditional")
 BASELINES = ("nms", "sampled_mean")
@@ -45,7 +45,7 @@ class PGSettings:
     reward_estimator: str = "joint"
     sample_nms: bool = False
     baseline: str = "nms"
-    iou_thresholds: Sequence[float] = tuple(0.5 + 0.05 * i for i in range(10))
+    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS
     max_detections: int = 100
     test_score_thresh: float = 0.05
     test_nms_thresh: float = 0.5
