@@ -33,7 +33,7 @@ from pgdet.engine import build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
-    "demo": ("configs/demo/frcnn_R18_FPN_demo.yaml", []),
+    "demo": ("configs/demo/frcnn_MobileNetV2_FPN_demo.yaml", []),
     # the paper's R-101 detectors, at a CPU-sized input, on demo images (4 classes)
     "R101": ("configs/frcnn_R101.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320"]),
     "R101_FPN": ("configs/frcnn_R101_FPN.yaml",

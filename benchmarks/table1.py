@@ -4,8 +4,8 @@ OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate each w
 soft-NMS; write the table (mean ± std over seeds, the paper's numbers beside) and the pictures.
 
     python benchmarks/table1.py \\
-        --baseline-config configs/demo/frcnn_R18_FPN_demo.yaml \\
-        --finetune-config configs/demo/ft_R18_FPN_demo.yaml \\
+        --baseline-config configs/demo/frcnn_MobileNetV2_FPN_demo.yaml \\
+        --finetune-config configs/demo/ft_MobileNetV2_FPN_demo.yaml \\
         --seeds 0 1 2 --output output/table1_demo --paper-column \\
         --variants "conditional=MODEL.PG.REWARD_ESTIMATOR conditional" \\
         --grid MODEL.PG.SAMPLE_NMS=False,True MODEL.PG.BASELINE=nms,sampled_mean \\

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The main job: the paper's protocol on the built-in demo dataset, on CPU, in minutes.
 
-1. train a baseline Faster R-CNN from scratch (configs/demo/frcnn_R18_FPN_demo.yaml);
+1. train a baseline Faster R-CNN from scratch (configs/demo/frcnn_MobileNetV2_FPN_demo.yaml);
 2. fine-tune it twice from the same checkpoint for the same iterations: once with standard
    cross-entropy, once with the policy-gradient loss;
 3. print the three COCO results side by side.
@@ -25,10 +25,10 @@ def main():
     baseline_weights = os.path.join(baseline_dir, "model_final.pth")
     rows = {}
     rows["baseline"] = run_stage(
-        "baseline", os.path.join(cfg_dir, "frcnn_R18_FPN_demo.yaml"), baseline_dir,
+        "baseline", os.path.join(cfg_dir, "frcnn_MobileNetV2_FPN_demo.yaml"), baseline_dir,
         num_gpus=args.num_gpus,
     )
-    for name, cfg in (("standard", "ft_R18_FPN_demo.yaml"), ("PG γ=1", "pg_R18_FPN_demo.yaml")):
+    for name, cfg in (("standard", "ft_MobileNetV2_FPN_demo.yaml"), ("PG γ=1", "pg_MobileNetV2_FPN_demo.yaml")):
         rows[f"baseline + {name} fine-tune"] = run_stage(
             name, os.path.join(cfg_dir, cfg),
             os.path.join(args.output, "finetune_" + ("pg" if "PG" in name else "standard")),

@@ -118,8 +118,8 @@ def experiment(tmp_path_factory):
     out = root / "out"
     cmd = [
         sys.executable, SCRIPT,
-        "--baseline-config", os.path.join(DEMO, "frcnn_R18_FPN_demo.yaml"),
-        "--finetune-config", os.path.join(DEMO, "ft_R18_FPN_demo.yaml"),
+        "--baseline-config", os.path.join(DEMO, "frcnn_MobileNetV2_FPN_demo.yaml"),
+        "--finetune-config", os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml"),
         "--seeds", "0", "--output", str(out), "--paper-column", "--figure-images", "2",
         "--baseline-opts", "SOLVER.MAX_ITER", "8",
         "--finetune-opts", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.02", "--",
@@ -269,7 +269,7 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
     grid = runner.grid_variants(["MODEL.PG.REWARD_ESTIMATOR=joint,conditional",
                                  "MODEL.PG.SAMPLE_NMS=False,True", "MODEL.PG.REWARD_SCALE=1.0,2.0"])
     assert len(grid) == 8 and len({m.slug for m in grid}) == 8
-    config = os.path.join(DEMO, "ft_R18_FPN_demo.yaml")
+    config = os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml")
     settings = set()
     for method in grid:
         pg = build_cfg(config, list(method.opts)).MODEL.PG
