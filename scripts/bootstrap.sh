@@ -21,7 +21,7 @@ log() { echo "[bootstrap] $*"; }
 if [ ! -x "$PY" ]; then
   log "creating virtual environment in $VENV"
   python3 -m venv "$VENV"
-  "$PY" -m pip install --quiet --upgrade "pip>=23" >/dev/null
+  "$PY" -m pip install --quiet --upgrade "pip>=23" >/dev/null 2>&1
 fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/setup.py" "$0" | sha1sum)" ] \
@@ -30,7 +30,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/setup.py" "$0" | sha1s
   exit 0
 fi
 
-pipi() { "$PY" -m pip install --quiet "$@"; }
+# pip's own output, minus the warnings some machines' pip configs print for every package
+pipi() { "$PY" -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }; }
 
 if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
   log "installing $TORCH_SPEC"

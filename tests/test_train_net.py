@@ -38,7 +38,7 @@ def test_train_then_eval_only_reproduces_ap(tmp_path):
     train_net(out, "SOLVER.MAX_ITER", "6")
     trained = json.loads((out / "eval_metrics.json").read_text())
     assert set(trained) >= {"AP", "AP50", "AP75"}
-    assert all(v == v for v in trained.values() if isinstance(v, float))  # no NaN in the main AP
+    assert all(trained[k] == trained[k] for k in ("AP", "AP50", "AP75"))  # not NaN
     (out / "eval_metrics.json").unlink()
     train_net(out, "MODEL.WEIGHTS", str(out / "model_final.pth"), args=["--eval-only"])
     evaluated = json.loads((out / "eval_metrics.json").read_text())
@@ -53,8 +53,8 @@ def test_two_processes_gloo_with_policy_gradient(tmp_path):
               args=["--num-gpus", "2"])
     log = (out / "log.txt").read_text()
     assert "world size: 2" in log.lower() or "Rank of current process: 1" in log
-    records = metrics_records(out)
-    assert len(records) == 3 and records[-1]["iteration"] == 2
+    records = metrics_records(out)  # detectron2 writes every 20 iterations and at the end
+    assert records[-1]["iteration"] == 2
     assert all(k in records[-1] for k in ("pg/baseline_reward", "pg/sampled_reward", "pg/mean_weight"))
     assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records)
 

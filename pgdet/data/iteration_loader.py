@@ -107,5 +107,8 @@ def build_iteration_train_loader(dataset_dicts, mapper, total_batch_size, rank, 
         num_workers=num_workers,
         collate_fn=_no_collate,
         persistent_workers=False,
+        # its own generator: otherwise creating the iterator draws a worker seed from torch's
+        # global RNG, which a resumed run does at a different iteration than an uninterrupted one
+        generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
     )
     return loader, sampler
