@@ -7,7 +7,9 @@ a stage whose OUTPUT_DIR already holds a finished result is reused, not retraine
 experiment continues where it stopped.
 """
 import json
+import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -63,27 +65,46 @@ def run_stage(
     return metrics
 
 
+_PROGRESS = re.compile(r"eta: (\S+)\s+iter: (\d+)\s+total_loss: (\S+)")
+
+
 def _run_logged(cmd: List[str], log_path: str, name: str):
-    """Run `cmd`, writing everything to `log_path` and echoing progress lines to stdout."""
-    echo = ("eta:", "Evaluation results for bbox", "|   AP   |", "|:---", "| ", "Error", "error")
+    """Run `cmd`, writing everything to `log_path` and echoing progress to stdout: one line per
+    logged iteration (iteration, total loss, ETA), the final COCO table, and any error."""
+    in_table = False
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 cwd=REPO, bufsize=1)
         for line in proc.stdout:
             log.write(line)
-            if any(tag in line for tag in echo):
-                print(f"[{name}] {line.rstrip()[-150:]}", flush=True)
+            progress = _PROGRESS.search(line)
+            if progress:
+                eta, iteration, loss = progress.groups()
+                print(f"[{name}] iter {iteration}  total_loss {loss}  eta {eta}", flush=True)
+            elif "Evaluation results for bbox" in line:
+                in_table = True
+            elif in_table and line.startswith("|"):
+                print(f"[{name}] {line.rstrip()}", flush=True)
+            elif in_table:
+                in_table = False
+            elif "Error" in line or "error:" in line:
+                print(f"[{name}] {line.rstrip()}", flush=True)
         if proc.wait() != 0:
             raise RuntimeError(f"Stage {name!r} failed (exit {proc.returncode}); see {log_path}")
 
 
 def format_table(rows: Dict[str, Dict[str, float]], reference: Dict[str, float] = None) -> str:
-    """A markdown table with one row per run and the COCO columns (values in %)."""
-    header = "| run | " + " | ".join(METRIC_KEYS) + " |"
-    lines = [header, "|" + "---|" * (len(METRIC_KEYS) + 1)]
+    """A markdown table with one row per run and the COCO columns (values in %).
+
+    A column that no run has a number for (e.g. APl on a dataset without large objects) is left
+    out; with `reference`, each cell also shows its difference to that run.
+    """
+    keys = [k for k in METRIC_KEYS
+            if any(not math.isnan(m.get(k, float("nan"))) for m in rows.values())]
+    lines = ["| run | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for run, metrics in rows.items():
         cells = []
-        for k in METRIC_KEYS:
+        for k in keys:
             value = metrics.get(k, float("nan"))
             delta = "" if reference is None else f" ({value - reference[k]:+.1f})"
             cells.append(f"{value:.1f}{delta}")
