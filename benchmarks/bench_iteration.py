@@ -34,10 +34,12 @@ from pgdet.engine import build_cfg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "demo": ("configs/demo/frcnn_MobileNetV2_FPN_demo.yaml", []),
-    # the paper's R-101 detectors, at a CPU-sized input, on demo images (4 classes)
-    "R101": ("configs/frcnn_R101.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320"]),
-    "R101_FPN": ("configs/frcnn_R101_FPN.yaml",
-                 ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320"]),
+    # the paper's R-101 detectors, at a CPU-sized input, on demo images (4 classes); random
+    # weights (no ImageNet download here) need trainable BN, or frozen identity BN diverges
+    "R101": ("configs/frcnn_R101.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN",
+                                         "320", "MODEL.RESNETS.NORM", "BN"]),
+    "R101_FPN": ("configs/frcnn_R101_FPN.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)",
+                                                 "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
 }
 COMMON = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
           "MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", "('pgdet_demo_train',)",
