@@ -10,7 +10,13 @@ root (nothing is generated until first loaded). A config selects other datasets 
 and the trainer calls :func:`register_datasets_from_cfg` then
 :func:`check_datasets_exist` on ``DATASETS.TRAIN + DATASETS.TEST``.
 """
-from .checks import DatasetNotFoundError, UnknownDatasetError, check_datasets_exist
+from .checks import (
+    DatasetContentError,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+    check_datasets_exist,
+    load_training_dicts,
+)
 from .demo import CLASS_NAMES as DEMO_CLASS_NAMES
 from .demo import generate_demo_dataset, register_demo_datasets
 from .mapper import CheckedDatasetMapper, ImageReadError
@@ -18,6 +24,7 @@ from .voc import MalformedAnnotationError, register_voc_dataset
 
 __all__ = [
     "CheckedDatasetMapper",
+    "DatasetContentError",
     "DEMO_CLASS_NAMES",
     "DatasetNotFoundError",
     "ImageReadError",
@@ -25,6 +32,7 @@ __all__ = [
     "UnknownDatasetError",
     "check_datasets_exist",
     "generate_demo_dataset",
+    "load_training_dicts",
     "parse_voc_dir_entry",
     "register_datasets_from_cfg",
     "register_demo_datasets",

@@ -5,10 +5,11 @@ Why: detectron2 loads datasets lazily, so a wrong path otherwise surfaces minute
 ``coco_2017_train`` silently resolve under ``$DETECTRON2_DATASETS`` (default ``./datasets``).
 """
 import difflib
+import json
 import os
 from typing import Iterable, List, Tuple
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 
 # Metadata entries that name files or folders a dataset reads (detectron2's builtins and pgdet's).
 PATH_METADATA_KEYS = ("json_file", "image_root", "dirname", "panoptic_json", "panoptic_root",
@@ -84,3 +85,42 @@ def check_datasets_exist(names: Iterable[str]) -> None:
         missing = missing_dataset_paths(name)
         if missing:
             raise DatasetNotFoundError(name, *missing[0])
+
+
+class DatasetContentError(ValueError):
+    """A dataset whose annotations pgdet cannot train on; the message names the file or image."""
+
+
+def load_training_dicts(names: Iterable[str], num_classes: int, filter_empty: bool) -> List[dict]:
+    """detectron2's ``get_detection_dataset_dicts``, with errors that name the bad file or image.
+
+    A malformed annotation json otherwise fails with a bare JSONDecodeError, and a category id
+    beyond ``MODEL.ROI_HEADS.NUM_CLASSES`` with an index error deep inside the loss.
+    """
+    names = list(names)
+    try:
+        dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
+    except json.JSONDecodeError as e:
+        files = [MetadataCatalog.get(n).get("json_file") for n in names]
+        bad = [f for f in files if f and not _parses_as_json(f)]
+        raise DatasetContentError(f"Malformed annotation json {bad or files}: {e}") from e
+    for record in dicts:
+        for ann in record.get("annotations", []):
+            if not 0 <= ann["category_id"] < num_classes:
+                raise DatasetContentError(
+                    f"Image {record.get('file_name')!r} (image_id {record.get('image_id')!r}) has "
+                    f"an object of class index {ann['category_id']}, but "
+                    f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}: set it to the number of "
+                    f"classes of {names} ({len(MetadataCatalog.get(names[0]).get('thing_classes', []))}"
+                    " in the first one's metadata)."
+                )
+    return dicts
+
+
+def _parses_as_json(path: str) -> bool:
+    try:
+        with open(path) as f:
+            json.load(f)
+        return True
+    except (OSError, ValueError):
+        return False

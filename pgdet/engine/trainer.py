@@ -24,7 +24,6 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
-    get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
@@ -32,6 +31,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.checks import load_training_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
 from ..modeling import PGFastRCNNOutputLayers
@@ -127,11 +127,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if not cfg.DATALOADER.EXACT_RESUME:
-            return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True))
-        dataset_dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        dataset_dicts = load_training_dicts(
+            cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         )
+        if not cfg.DATALOADER.EXACT_RESUME:
+            return build_detection_train_loader(
+                cfg, mapper=CheckedDatasetMapper(cfg, True), dataset=dataset_dicts
+            )
         loader, _ = build_iteration_train_loader(
             dataset_dicts, CheckedDatasetMapper(cfg, True), cfg.SOLVER.IMS_PER_BATCH, comm.get_rank(),
             comm.get_world_size(), run_seed(cfg), cfg.DATALOADER.NUM_WORKERS,
