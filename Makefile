@@ -16,4 +16,4 @@ test: setup
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/bench_reward.py
-	$(PY) benchmarks/bench_iteration.py
+	$(PY) benchmarks/bench_iteration.py --configs demo
