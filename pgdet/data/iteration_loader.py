@@ -17,15 +17,11 @@ them to a common size). ``DATALOADER.EXACT_RESUME False`` restores detectron2's 
 """
 import copy
 import itertools
-import logging
 import random
 
 import numpy as np
 import torch
 import torch.utils.data as torchdata
-
-logger = logging.getLogger(__name__)
-
 
 def mix_seed(*values: int) -> int:
     """A 63-bit seed from several integers (distinct tuples give unrelated streams)."""

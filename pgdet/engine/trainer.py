@@ -37,7 +37,6 @@ from ..data.iteration_loader import IterationSampler, build_iteration_train_load
 from ..modeling import PGFastRCNNOutputLayers
 from .checkpoint import PGCheckpointer
 
-logger = logging.getLogger("pgdet")
 EVAL_FILE = "eval_metrics.json"  # what pgdet.engine.experiment reads
 
 

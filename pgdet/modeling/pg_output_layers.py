@@ -10,7 +10,6 @@ Appendix C. Normalised by the number R of sampled RoIs of the batch, like detect
 so with A = 0 and γ = 1 it is detectron2's cross-entropy and the learning rate means the same.
 At test time it runs greedy NMS (detectron2's) or, with ``MODEL.SOFT_NMS.ENABLED``, soft-NMS.
 """
-import logging
 import time
 from typing import List
 
@@ -18,15 +17,13 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
-from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from .policy_gradient import BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages
 from .soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
-
-logger = logging.getLogger(__name__)
 
 
 def check_pg_config(cfg):
