@@ -184,15 +184,21 @@ def _proposals(gen):
     return proposals
 
 
-def test_greedy_nms_unchanged_when_soft_nms_off():
-    gen = torch.Generator().manual_seed(5)
-    predictor = _predictor(False)
+def _run_predictor(soft_nms: bool, seed: int):
+    """The predictor's inference on random features, and the boxes/probabilities it decoded."""
+    gen = torch.Generator().manual_seed(seed)
+    predictor = _predictor(soft_nms)
     proposals = _proposals(gen)
     with torch.no_grad():
         predictions = predictor(torch.randn(60, 8, generator=gen))
         results, kept = predictor.inference(predictions, proposals)
     boxes = predictor.predict_boxes(predictions, proposals)
     probs = predictor.predict_probs(predictions, proposals)
+    return proposals, results, kept, boxes, probs
+
+
+def test_greedy_nms_unchanged_when_soft_nms_off():
+    proposals, results, kept, boxes, probs = _run_predictor(False, seed=5)
     expected, expected_kept = fast_rcnn_inference(
         boxes, probs, [p.image_size for p in proposals], 0.05, 0.5, 100
     )
@@ -205,14 +211,7 @@ def test_greedy_nms_unchanged_when_soft_nms_off():
 
 
 def test_predictor_uses_soft_nms_when_enabled():
-    gen = torch.Generator().manual_seed(6)
-    predictor = _predictor(True)
-    proposals = _proposals(gen)
-    with torch.no_grad():
-        predictions = predictor(torch.randn(60, 8, generator=gen))
-        results, kept = predictor.inference(predictions, proposals)
-    boxes = predictor.predict_boxes(predictions, proposals)
-    probs = predictor.predict_probs(predictions, proposals)
+    proposals, results, kept, boxes, probs = _run_predictor(True, seed=6)
     for i, p in enumerate(proposals):
         expected = _reference_image(
             boxes[i], probs[i], p.image_size, 0.05, 100, "gaussian", 0.3, 0.5, 0.001
