@@ -136,7 +136,12 @@ def parse_variant(text: str) -> Method:
 
 
 def grid_variants(specs: Sequence[str]) -> List[Method]:
-    """Every combination of ``KEY=V1,V2,...`` entries, each a PG γ=1 variant named by its values."""
+    """Every combination of ``KEY=V1,V2,...`` entries, each a PG γ=1 variant named by its values.
+
+    No entries, no variants (itertools.product of no axes would yield one empty combination).
+    """
+    if not specs:
+        return []
     axes = []
     for spec in specs:
         key, sep, values = spec.partition("=")

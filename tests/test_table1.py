@@ -284,3 +284,4 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
     variant = runner.parse_variant("sampled mean=MODEL.PG.BASELINE sampled_mean")
     assert variant.slug == "pg_sampled_mean"
     assert variant.opts[-2:] == ("MODEL.PG.BASELINE", "sampled_mean")
+    assert runner.grid_variants([]) == []  # no --grid: no nameless "PG γ=1, " variant

@@ -1,9 +1,12 @@
-"""Training data that cannot work is refused at start, naming the file or the image."""
+"""Training data that cannot work is refused at start, and bad boxes are mended or dropped with
+counts in the log, naming the file or the image."""
 import json
 
+import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import BoxMode
 
 from pgdet.data import DatasetContentError, load_training_dicts
 
@@ -39,5 +42,52 @@ def test_class_beyond_num_classes_names_image_and_key(tmp_path):
     with pytest.raises(DatasetContentError) as e:
         load_training_dicts(["pgdet_test_classes"], num_classes=2, filter_empty=False)
     message = str(e.value)
-    assert "a.png" in message and "image_id 7" in message and "MODEL.ROI_HEADS.NUM_CLASSES is 2" in message
+    assert "a.png" in message and "image_id 7" in message
+    assert "MODEL.ROI_HEADS.NUM_CLASSES is 2" in message
     assert len(load_training_dicts(["pgdet_test_classes"], num_classes=3, filter_empty=False)) == 1
+
+
+def test_bad_boxes_clipped_or_dropped_with_counts_naming_the_file(tmp_path, caplog):
+    """Hand-made COCO file, image 100x80: each kind of bad box, with the expected outcome."""
+    boxes = {  # annotation id: (bbox as XYWH in the json, expected XYXY after loading or None)
+        1: ([10, 10, 20, 20], (10, 10, 30, 30)),  # inside: unchanged
+        2: ([90, 70, 20, 20], (90, 70, 100, 80)),  # reaches past the right/bottom edge: clipped
+        3: ([-5, -5, 10, 10], (0, 0, 5, 5)),  # reaches past the top-left corner: clipped
+        4: ([5, 5, 0, 10], None),  # zero width: dropped
+        5: ([5, 5, 10, -3], None),  # negative height: dropped
+        6: ([150, 10, 10, 10], None),  # entirely right of the image: dropped
+    }
+    data = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 80},
+                   {"id": 8, "file_name": "only_bad.png", "width": 100, "height": 80}],
+        "categories": [{"id": 1, "name": "c1"}],
+        "annotations": [{"id": i, "image_id": 7, "category_id": 1, "iscrowd": 0, "bbox": b,
+                         "area": 1.0} for i, (b, _) in boxes.items()]
+        + [{"id": 9, "image_id": 8, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 0, 0],
+            "area": 1.0}],
+    }
+    path = tmp_path / "bad_boxes.json"
+    path.write_text(json.dumps(data))
+    name = "pgdet_test_bad_boxes"
+    for registry in (DatasetCatalog, MetadataCatalog):
+        if name in registry.list():
+            registry.remove(name)
+    register_coco_instances(name, {}, str(path), str(tmp_path))
+
+    with caplog.at_level("WARNING", logger="pgdet.data.checks"):
+        dicts = load_training_dicts([name], num_classes=1, filter_empty=True)
+    assert [d["file_name"].rsplit("/", 1)[-1] for d in dicts] == ["a.png"]
+    kept = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+            for a in dicts[0]["annotations"]]
+    expected = [xyxy for _, xyxy in boxes.values() if xyxy is not None]
+    assert np.allclose(kept, expected)
+    message = caplog.text
+    assert str(path) in message and "of 7 boxes" in message
+    assert "2 were clipped" in message
+    assert "3 with zero or negative size" in message  # ids 4, 5 and 9
+    assert "1 entirely outside" in message
+    assert "only_bad.png" in message and "image_id 8" in message
+    assert "1 training images had no box left" in message
+
+    unfiltered = load_training_dicts([name], num_classes=1, filter_empty=False)
+    assert [len(d["annotations"]) for d in unfiltered] == [3, 0]

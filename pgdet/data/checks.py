@@ -6,10 +6,15 @@ Why: detectron2 loads datasets lazily, so a wrong path otherwise surfaces minute
 """
 import difflib
 import json
+import logging
 import os
 from typing import Iterable, List, Tuple
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
 
 # Metadata entries that name files or folders a dataset reads (detectron2's builtins and pgdet's).
 PATH_METADATA_KEYS = ("json_file", "image_root", "dirname", "panoptic_json", "panoptic_root",
@@ -95,7 +100,9 @@ def load_training_dicts(names: Iterable[str], num_classes: int, filter_empty: bo
     """detectron2's ``get_detection_dataset_dicts``, with errors that name the bad file or image.
 
     A malformed annotation json otherwise fails with a bare JSONDecodeError, and a category id
-    beyond ``MODEL.ROI_HEADS.NUM_CLASSES`` with an index error deep inside the loss.
+    beyond ``MODEL.ROI_HEADS.NUM_CLASSES`` with an index error deep inside the loss. Boxes outside
+    their image or without area are clipped or dropped with a count in the log
+    (:func:`clip_and_drop_bad_boxes`).
     """
     names = list(names)
     try:
@@ -114,6 +121,78 @@ def load_training_dicts(names: Iterable[str], num_classes: int, filter_empty: bo
                     f"classes of {names} ({len(MetadataCatalog.get(names[0]).get('thing_classes', []))}"
                     " in the first one's metadata)."
                 )
+    return clip_and_drop_bad_boxes(dicts, names, filter_empty)
+
+
+def _box_problem_example(record: dict, ann: dict) -> str:
+    return (f"{record.get('file_name')!r} (image_id {record.get('image_id')!r}): bbox "
+            f"{list(ann['bbox'])} in {BoxMode(ann['bbox_mode']).name}")
+
+
+def clip_and_drop_bad_boxes(dicts: List[dict], names: List[str], filter_empty: bool) -> List[dict]:
+    """Clip every box to its image and drop those with no area left; log what changed, by file.
+
+    Why: detectron2's mapper clips boxes and drops empty ones silently (``annotations_to_instances``
+    and ``filter_empty_instances``), so a dataset whose boxes are mostly wrong (a flipped x/y
+    convention, XYWH read as XYXY) trains without a word. Here the changes are counted and the
+    first offenders named by image file and id (detectron2's COCO loader does not keep annotation
+    ids). A box annotated with zero or negative width or height is dropped, not widened; one
+    reaching outside its image is clipped to ``[0, width] x [0, height]`` and dropped if nothing
+    remains. Clipped boxes are rewritten in XYXY_ABS. With `filter_empty`, images left without
+    a non-crowd box are removed, as detectron2 does at load time.
+    """
+    records = [r for r in dicts if r.get("annotations")]
+    anns = [a for r in records for a in r["annotations"]]
+    if not anns:
+        return dicts
+    counts = [len(r["annotations"]) for r in records]
+    boxes = np.array(
+        [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
+        dtype=np.float64,
+    )  # [N, 4]
+    image_size = np.repeat(
+        [[r.get("width", np.inf), r.get("height", np.inf)] for r in records], counts, axis=0
+    )  # [N, 2] width, height of each annotation's image
+    clipped = np.clip(boxes, 0.0, np.tile(image_size, 2))
+
+    def has_area(b):
+        return (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+
+    degenerate = ~has_area(boxes)
+    outside = ~degenerate & ~has_area(clipped)
+    was_clipped = ~degenerate & ~outside & (clipped != boxes).any(axis=1)
+    keep = ~(degenerate | outside)
+    for index in np.flatnonzero(was_clipped):
+        anns[index]["bbox"], anns[index]["bbox_mode"] = clipped[index].tolist(), BoxMode.XYXY_ABS
+
+    if not keep.all() or was_clipped.any():
+        owner = np.repeat(np.arange(len(records)), counts)
+        examples = {
+            what: [_box_problem_example(records[owner[i]], anns[i])
+                   for i in np.flatnonzero(mask)[:3]]
+            for what, mask in (("dropped (zero or negative size)", degenerate),
+                               ("dropped (entirely outside the image)", outside),
+                               ("clipped to the image", was_clipped))
+            if mask.any()
+        }
+        files = [MetadataCatalog.get(n).get("json_file") or MetadataCatalog.get(n).get("dirname")
+                 for n in names]
+        logger.warning(
+            f"Training data {names} ({', '.join(map(str, files))}): of {len(anns)} boxes, "
+            f"{int(was_clipped.sum())} were clipped to their image, {int(degenerate.sum())} with "
+            f"zero or negative size and {int(outside.sum())} entirely outside their image were "
+            "dropped. First of each: "
+            + "; ".join(f"{what}: {', '.join(ex)}" for what, ex in examples.items())
+        )
+    for record, kept in zip(records, np.split(keep, np.cumsum(counts)[:-1])):
+        record["annotations"] = [a for a, k in zip(record["annotations"], kept) if k]
+    if filter_empty:
+        before = len(dicts)
+        dicts = [r for r in dicts if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
+        if len(dicts) < before:
+            logger.warning(
+                f"{before - len(dicts)} training images had no box left and were removed."
+            )
     return dicts
 
 
