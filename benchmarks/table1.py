@@ -121,8 +121,15 @@ def _slug(text: str) -> str:
 
 
 def pg_variant(name: str, opts: Sequence[str]) -> Method:
-    """PG γ=1 with extra overrides, labelled and filed under `name`."""
-    return Method(f"PG γ=1, {name}", "pg_" + _slug(name), PG_GAMMA1.opts + tuple(opts))
+    """PG γ=1 with extra overrides, labelled and filed under `name`.
+
+    The label names the γ the run uses, so a variant overriding MODEL.PG.GAMMA (e.g. the γ = 0
+    counterpart of an estimator) is not mislabelled "PG γ=1".
+    """
+    overrides = dict(zip(opts[::2], opts[1::2]))
+    gamma = overrides.get("MODEL.PG.GAMMA")
+    gamma = "1" if gamma is None else f"{float(gamma):g}"
+    return Method(f"PG γ={gamma}, {name}", "pg_" + _slug(name), PG_GAMMA1.opts + tuple(opts))
 
 
 def parse_variant(text: str) -> Method:

@@ -285,3 +285,6 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
     assert variant.slug == "pg_sampled_mean"
     assert variant.opts[-2:] == ("MODEL.PG.BASELINE", "sampled_mean")
     assert runner.grid_variants([]) == []  # no --grid: no nameless "PG γ=1, " variant
+    gamma0 = runner.parse_variant("cond g0=MODEL.PG.REWARD_ESTIMATOR conditional MODEL.PG.GAMMA 0.0")
+    assert gamma0.label == "PG γ=0, cond g0" and gamma0.slug == "pg_cond_g0"
+    assert build_cfg(config, list(gamma0.opts)).MODEL.PG.GAMMA == 0.0
