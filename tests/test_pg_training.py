@@ -1,12 +1,14 @@
-"""PG training steps on real model code with awkward batches (no NaN, no crash)."""
+"""PG training steps on real model code with awkward batches (no NaN, no crash) and with
+non-finite outputs (a clear stop)."""
 import os
 
+import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from pgdet.engine import build_cfg
+from pgdet.engine import Trainer, build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,3 +41,30 @@ def test_batch_with_an_unannotated_image_and_a_single_box():
         # the annotated image yields a reward every step; the other contributes none and no NaN
         assert storage.history("pg/baseline_reward").values()[-1][0] >= 0.0
         assert len(storage.history("pg/baseline_reward").values()) == 2
+
+
+def test_non_finite_logits_stop_training_naming_iteration_and_image_id(tmp_path):
+    """A NaN logit in the last image of iteration 1's batch: training stops there and names that
+    image's dataset id, not a silently zero PG weight."""
+    cfg = build_cfg(os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"), [
+        "MODEL.PG.ENABLED", "True", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
+        "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+        "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(cfg)
+    predictor = trainer.model.roi_heads.box_predictor
+    clean_forward = predictor.forward
+
+    def poisoned_forward(features):
+        scores, deltas = clean_forward(features)
+        if trainer.iter == 1:  # RoIs are concatenated by image: the last row is the last image's
+            scores = torch.cat([scores[:-1], torch.full_like(scores[-1:], float("nan"))])
+        return scores, deltas
+
+    predictor.forward = poisoned_forward
+    with pytest.raises(FloatingPointError) as e:
+        trainer.train()
+    batch_ids = trainer._batches.last_image_ids
+    assert len(batch_ids) == 2
+    message = str(e.value)
+    assert "iteration 1 " in message and "batch positions [1]" in message
+    assert f"offending image ids: [{batch_ids[1]!r}]" in message

@@ -148,8 +148,13 @@ class Trainer(DefaultTrainer):
         try:
             super().run_step()
         except FloatingPointError as e:
+            ids = self._batches.last_image_ids
+            positions = getattr(e, "positions", None)  # NonFiniteOutputsError knows the images
+            offending = "" if positions is None else (
+                f"; offending image ids: {[ids[p] for p in positions if p < len(ids)]}"
+            )
             raise FloatingPointError(
-                f"{e}\nIteration {self.iter}; image ids of this batch: {self._batches.last_image_ids}"
+                f"{e}\nIteration {self.iter}{offending}; image ids of this batch: {ids}"
             ) from e
 
     @classmethod

@@ -55,6 +55,15 @@ def check_pg_config(cfg):
         raise ValueError("Invalid policy-gradient config:\n  " + "\n  ".join(problems))
 
 
+class NonFiniteOutputsError(FloatingPointError):
+    """Non-finite box-predictor outputs; ``positions`` are the offending images' batch indices,
+    which the Trainer turns into dataset image ids."""
+
+    def __init__(self, message: str, positions: List[int]):
+        super().__init__(message)
+        self.positions = positions
+
+
 def _check_finite(scores, proposal_deltas, proposals, iteration):
     """Stop on non-finite predictor outputs instead of letting them become silent zero weights."""
     finite = torch.isfinite(scores).all(dim=1) & torch.isfinite(proposal_deltas).all(dim=1)
@@ -63,9 +72,10 @@ def _check_finite(scores, proposal_deltas, proposals, iteration):
     bad = [
         i for i, ok in enumerate(finite.split([len(p) for p in proposals])) if not bool(ok.all())
     ]
-    raise FloatingPointError(
+    raise NonFiniteOutputsError(
         f"Non-finite box-predictor outputs at iteration {iteration} in the images at batch "
-        f"positions {bad}."
+        f"positions {bad}.",
+        bad,
     )
 
 
