@@ -56,7 +56,7 @@ def test_non_finite_logits_stop_training_naming_iteration_and_image_id(tmp_path)
 
     def poisoned_forward(features):
         scores, deltas = clean_forward(features)
-        if trainer.iter == 1:  # RoIs are concatenated by image: the last row is the last image's
+        if trainer.iter == 1:  # RoIs are concatenated by image: the last row is the last one's
             scores = torch.cat([scores[:-1], torch.full_like(scores[-1:], float("nan"))])
         return scores, deltas
 
