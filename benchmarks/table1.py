@@ -31,6 +31,9 @@ Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine
      baseline, the standard fine-tune and PG γ=1 on the first test images) and
      training_curves.png (losses, rewards and PG weights of every fine-tuning run).
 
+``--methods finetune_standard pg_gamma1`` runs only those standard methods (the control always
+runs), e.g. to compare a different fine-tuning schedule cheaply.
+
 Overrides after ``--`` apply to every stage (data sets, batch size, ...); --baseline-opts and
 --finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
 finished result is reused, so an interrupted run continues where it stopped when started again
@@ -163,14 +166,25 @@ def grid_variants(specs: Sequence[str]) -> List[Method]:
     ]
 
 
-def distinct_methods(variants: Sequence[Method], finetune_cfg) -> List[Method]:
-    """METHODS plus the variants that configure a run different from every method before them.
+def select_methods(slugs: Sequence[str]) -> List[Method]:
+    """The standard methods named by folder (``--methods``); the control is always kept, since
+    every row's ΔAP is measured against it."""
+    known = {m.slug: m for m in METHODS}
+    unknown = [s for s in slugs if s not in known]
+    if unknown:
+        raise ConfigError(f"--methods {unknown} unknown; choose from {list(known)}.")
+    return [m for m in METHODS if m.slug in slugs or m.label == CONTROL]
+
+
+def distinct_methods(variants: Sequence[Method], finetune_cfg,
+                     standard: Sequence[Method] = METHODS) -> List[Method]:
+    """`standard` plus the variants that configure a run different from every method before them.
 
     `finetune_cfg(opts)` builds the fine-tune config with `opts`, which also rejects unknown keys
     before anything trains.
     """
     methods, configs = [], []
-    for method in (*METHODS, *variants):
+    for method in (*standard, *variants):
         cfg = finetune_cfg(method.opts)
         if cfg in configs:
             print(f"[table1] {method.label}: same config as "
@@ -311,11 +325,14 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
 
 
 def draw_figures(args, methods, final_models: Dict[str, str], ft_cfg, base_cfg, dataset: str):
-    """Figure 3 (baseline, standard fine-tune and PG γ=1 of the first seed) and the curves."""
+    """Figure 3 (baseline, standard fine-tune and PG γ=1 of the first seed, those that ran) and
+    the curves."""
     figures = os.path.join(args.output, "figures")
     method_opts = {m.label: m.opts for m in methods}
     models = []
     for label, make_cfg in ((BASELINE, base_cfg), (CONTROL, ft_cfg), (PG_GAMMA1.label, ft_cfg)):
+        if label not in final_models:
+            continue
         cfg = make_cfg(method_opts.get(label, ()))
         cfg.MODEL.WEIGHTS = os.path.join(final_models[label], "model_final.pth")
         register_datasets_from_cfg(cfg)
@@ -339,6 +356,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("--paper-column", nargs="?", const="frcnn", choices=sorted(PAPER),
                         help="add the paper's AP column (Faster R-CNN rows, or fpn)")
+    parser.add_argument("--methods", nargs="+", default=[m.slug for m in METHODS],
+                        metavar="SLUG", help="standard methods to run (default: all of "
+                        f"{' '.join(m.slug for m in METHODS)}); the control always runs")
     parser.add_argument("--variants", nargs="+", default=[], metavar="NAME=KEY VALUE ...")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2")
     parser.add_argument("--baseline-opts", nargs="+", default=[], metavar="KEY VALUE")
@@ -367,7 +387,7 @@ def main(argv=None):
 
     try:
         variants = [parse_variant(v) for v in args.variants] + grid_variants(args.grid)
-        methods = distinct_methods(variants, ft_cfg)
+        methods = distinct_methods(variants, ft_cfg, select_methods(args.methods))
         cfg = ft_cfg(())
         base_cfg(())
     except ConfigError as e:

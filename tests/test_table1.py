@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from pgdet.data.demo import CLASS_NAMES
-from pgdet.engine import build_cfg
+from pgdet.engine import ConfigError, build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "table1.py")
@@ -288,3 +288,11 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
     gamma0 = runner.parse_variant("cond g0=MODEL.PG.REWARD_ESTIMATOR conditional MODEL.PG.GAMMA 0.0")
     assert gamma0.label == "PG γ=0, cond g0" and gamma0.slug == "pg_cond_g0"
     assert build_cfg(config, list(gamma0.opts)).MODEL.PG.GAMMA == 0.0
+
+
+def test_methods_option_keeps_the_control():
+    runner = _load_runner()
+    chosen = runner.select_methods(["pg_gamma1"])
+    assert [m.label for m in chosen] == ["standard fine-tune", "PG γ=1"]
+    with pytest.raises(ConfigError, match="unknown"):
+        runner.select_methods(["pg_gamma2"])
