@@ -1,0 +1,38 @@
+"""benchmarks/advantage_stats.py's measurements against hand-computed values."""
+import importlib.util
+import os
+
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "advantage_stats", os.path.join(REPO, "benchmarks", "advantage_stats.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spearman_of_a_hand_ranked_case():
+    stats = _load_script()
+    # ranks 0 1 2 3 vs 0 1 3 2: rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    x, y = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 20.0, 40.0, 30.0])
+    assert stats.spearman(x, y) == pytest.approx(0.8)
+    assert stats.spearman(x, -y) == pytest.approx(-0.8)
+
+
+def test_candidate_quality_uses_the_box_of_the_ground_truth_class():
+    stats = _load_script()
+    proposals = Instances((20, 20), gt_classes=torch.tensor([1, 2]),
+                          gt_boxes=Boxes(torch.tensor([[0.0, 0.0, 10.0, 5.0]] * 2)))
+    # 2 classes (background = 2): RoI 0 is class 1, whose box [0, 0, 10, 10] has IoU 50 / 100 with
+    # its ground truth; its class-0 box would match exactly, and must not be the one measured
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 5.0, 0.0, 0.0, 10.0, 10.0],
+                          [0.0, 0.0, 10.0, 5.0, 0.0, 0.0, 10.0, 5.0]])
+    quality = stats.candidate_quality([boxes], [proposals])
+    assert quality["iou"].tolist() == pytest.approx([0.5, 0.0])
+    assert quality["fg"].tolist() == [True, False]
