@@ -43,6 +43,7 @@ SETTINGS = (
     ("conditional, no sample NMS, r'=NMS", "conditional", False, "nms"),
     ("conditional, sample NMS, r'=NMS", "conditional", True, "nms"),
     ("conditional, sample NMS, r'=sampled mean", "conditional", True, "sampled_mean"),
+    ("swap (no sampling), r'=NMS", "swap", False, "nms"),
 )
 PUSH_DOWN_SCALE = 10.0  # c at which the share of pushed-down candidates (c·A + 1 < 0) is shown
 

@@ -25,7 +25,9 @@ def add_pgdet_config(cfg):
     _C.MODEL.PG.NUM_SAMPLES = 10
     # How r(b) is estimated from the k actions: "joint" = (1/k) Σ_j r(a_j)[b ∈ a_j], the paper's
     # Monte-Carlo estimate of Σ_a p(a) r(a) δ(a,b); "conditional" = mean r(a_j) over the actions
-    # that contain b (SPEC §1 step 5).
+    # that contain b (SPEC §1 step 5); "swap" (beyond SPEC, no sampling) = AP of the NMS result
+    # with b in place of the box that suppressed it, the counterfactual of §3.3's "boxes with
+    # higher IoU than selected ones get positive rewards" (needs BASELINE "nms").
     _C.MODEL.PG.REWARD_ESTIMATOR = "joint"
     # Apply class-wise NMS (at MODEL.ROI_HEADS.NMS_THRESH_TEST) to each sampled action before
     # scoring it. Off (paper-literal): the sampled selection is the final detection set.

@@ -45,6 +45,8 @@ def test_train_net_reports_unknown_key_without_traceback():
         (["MODEL.PG.IOU_THRESHOLDS", "[]"], "MODEL.PG.IOU_THRESHOLDS"),
         (["MODEL.PG.REWARD_ESTIMATOR", "mean"], "MODEL.PG.REWARD_ESTIMATOR"),
         (["MODEL.PG.BASELINE", "zero"], "MODEL.PG.BASELINE"),
+        (["MODEL.PG.REWARD_ESTIMATOR", "swap", "MODEL.PG.BASELINE", "sampled_mean"],
+         "MODEL.PG.BASELINE nms"),
         (["MODEL.SOFT_NMS.METHOD", "hard"], "MODEL.SOFT_NMS.METHOD"),
         (["MODEL.SOFT_NMS.SIGMA", "0.0"], "MODEL.SOFT_NMS.SIGMA"),
         (["MODEL.ROI_HEADS.NAME", "OHEMROIHeads", "MODEL.OHEM.POOL_SIZE_PER_IMAGE", "100"],

@@ -213,3 +213,80 @@ def test_sampling_reproducible_per_iteration_and_rank():
     b = torch.rand(100, generator=predictor._generator("cpu", 7))
     c = torch.rand(100, generator=predictor._generator("cpu", 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _greedy_nms_with_suppressors(boxes, scores, iou_thresh):
+    """Textbook greedy NMS over one class: (kept indices by descending score, {removed: remover})."""
+    import torchvision
+
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    iou = torchvision.ops.box_iou(boxes, boxes)
+    kept, removed_by = [], {}
+    for i in order:
+        if i in removed_by:
+            continue
+        kept.append(i)
+        for j in order:
+            if j not in removed_by and j not in kept and float(iou[i, j]) > iou_thresh:
+                removed_by[j] = i
+    return kept, removed_by
+
+
+def test_swap_estimator_against_reference_nms_and_pycocotools():
+    """swap: A_b = AP(D with b in place of the box that removed b in greedy NMS, or D + b) - AP(D),
+    with D and the removers from a plain NMS loop and every AP from pycocotools. Three images in
+    one batch, so their different numbers of swapped sets are padded together, and a fourth made
+    by hand where a box under the score threshold is the only one on its object (added to D)."""
+    images = [_image(4, 30, seed) for seed in (21, 22, 23)]
+    g = torch.Generator().manual_seed(21)
+    probs = [torch.softmax(torch.randn(len(p), NUM_CLASSES + 1, generator=g) * 3, dim=1)
+             for p in images]
+    boxes = [(p.proposal_boxes.tensor + torch.randn(len(p), 4, generator=g) * 3).repeat(
+        1, NUM_CLASSES) for p in images]
+    # and by hand: RoI 1 (score 0.03, under the threshold) is the only box on the second object
+    gt_boxes = torch.tensor([[20.0, 20.0, 80.0, 80.0], [140.0, 100.0, 200.0, 160.0]])
+    rois = torch.tensor([[22.0, 21.0, 80.0, 79.0], [143.0, 104.0, 201.0, 158.0],
+                         [100.0, 10.0, 130.0, 40.0]])
+    lone = Instances(IMAGE_SIZE, proposal_boxes=Boxes(rois),
+                     gt_classes=torch.tensor([0, 0, NUM_CLASSES]), gt_boxes=Boxes(gt_boxes[[0, 1, 0]]))
+    lone._pg_targets = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt_boxes), gt_classes=torch.tensor([0, 0]))
+    images.append(lone)
+    probs.append(torch.tensor([[0.9, 0.03, 0.03, 0.04], [0.03, 0.02, 0.02, 0.93],
+                               [0.01, 0.01, 0.01, 0.97]]))
+    boxes.append(rois.repeat(1, NUM_CLASSES))
+    pg = compute_advantages(probs, boxes, images, [p._pg_targets for p in images],
+                            PGSettings(reward_estimator="swap"), torch.Generator().manual_seed(0))
+    advantages = pg.advantages.split([len(p) for p in images])
+    kinds = {"swapped": 0, "added": 0}
+    for image, (props, prob, box) in enumerate(zip(images, probs, boxes)):
+        gt = props._pg_targets
+        clipped = Boxes(box.view(-1, 4).clone())
+        clipped.clip(IMAGE_SIZE)
+        clipped = clipped.tensor.view(len(props), NUM_CLASSES, 4)
+        det = []  # D as (roi, class): NMS over each class's boxes, then the 0.05 score threshold
+        remover = {}  # (roi, class) -> (roi, class) of the kept box that removed it
+        for c in range(NUM_CLASSES):
+            kept, removed_by = _greedy_nms_with_suppressors(clipped[:, c], prob[:, c], 0.5)
+            det += [(i, c) for i in kept if prob[i, c] > 0.05]
+            remover.update({(j, c): (i, c) for j, i in removed_by.items()})
+        assert len(det) <= 100
+
+        def ap(members):
+            rois, classes = (torch.tensor(x) for x in zip(*members))
+            return _coco_ap(clipped[rois, classes], prob[rois, classes], classes,
+                            gt.gt_boxes.tensor, gt.gt_classes)
+
+        baseline = ap(det)
+        assert pg.baseline_reward[image].item() == pytest.approx(baseline, abs=1e-6)
+        for b, label in enumerate(props.gt_classes.tolist()):
+            if label == NUM_CLASSES or (b, label) in det:
+                assert advantages[image][b] == 0
+                continue
+            winner = remover.get((b, label))
+            kind = "swapped" if winner in det else "added"
+            members = [d for d in det if d != winner] + [(b, label)]
+            kinds[kind] += 1
+            expected = ap(members) - baseline
+            assert advantages[image][b].item() == pytest.approx(expected, abs=1e-6), (image, b)
+    assert kinds["swapped"] and kinds["added"], kinds
+    assert advantages[3][1] > 0  # the lone box finds the second object: AP 0.5 -> 1

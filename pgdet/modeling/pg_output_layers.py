@@ -49,6 +49,9 @@ def check_pg_config(cfg):
         )
     if pg.BASELINE not in BASELINES:
         problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {pg.BASELINE!r}")
+    if pg.REWARD_ESTIMATOR == "swap" and pg.BASELINE != "nms":
+        problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
+                        "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
     if pg.ENABLED and cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False):
         problems.append("MODEL.PG.ENABLED needs softmax scores: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
     if problems:

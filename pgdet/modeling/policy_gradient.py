@@ -10,7 +10,10 @@ RoIs into one advantage per RoI, ``A_b = r(b) - r'``:
 3. k *actions*: each candidate kept independently with probability ``p_b`` (Bernoulli), capped
    to the N_bb highest scores (eq. 3), optionally class-wise NMS'd; each scored -> ``r(a_j)``;
 4. ``r(b)`` from the k rewards (``joint``: the paper's Monte-Carlo estimate of
-   Σ_a p(a) r(a) δ(a,b); ``conditional``: mean reward of the actions containing b);
+   Σ_a p(a) r(a) δ(a,b); ``conditional``: mean reward of the actions containing b); or, with
+   ``swap``, no sampling: r(b) = AP of D with b in place of the box that suppressed it in NMS
+   (D ∪ {b} if none did), the counterfactual behind the paper's "boxes that have higher IoU
+   with ground truth boxes than selected ones will get positive rewards" (§3.3);
 5. ``A_b = r(b) - r'``, zero for RoIs that D already selected (same RoI and class), for
    background RoIs, and for images without ground truth.
 
@@ -29,11 +32,11 @@ from typing import List, NamedTuple, Sequence
 import torch
 from detectron2.layers import batched_nms
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .reward import COCO_IOU_THRESHOLDS, image_ap
 
-REWARD_ESTIMATORS = ("joint", "conditional")
+REWARD_ESTIMATORS = ("joint", "conditional", "swap")
 BASELINES = ("nms", "sampled_mean")
 
 
@@ -57,7 +60,8 @@ class PGAdvantages:
 
     advantages:      [R] float, ``A_b`` per sampled RoI (0 for background / NMS-selected / no GT).
     baseline_reward: [B'] float, ``r'`` of each image with ground truth (B' <= B).
-    sampled_reward:  [B', k] float, ``r(a_j)`` of each action of those images.
+    sampled_reward:  [B', k] float, ``r(a_j)`` of each action of those images; with ``swap``
+                     [B', 1], the mean reward of the image's swapped sets.
     candidate_mask:  [R] bool, foreground RoIs of images with ground truth not selected by D:
                      the RoIs whose advantage the method actually estimates.
     """
@@ -69,16 +73,17 @@ class PGAdvantages:
 
 
 class _ImageSets(NamedTuple):
-    """The k + 1 detection sets of one image with ground truth, over a pool of P = |D| + C boxes."""
+    """The S detection sets of one image with ground truth (D, then k actions or, with ``swap``,
+    one set per candidate), over a pool of P = |D| + C boxes."""
 
     image: int  # index of the image in the batch
     cand_idx: torch.Tensor  # [C] RoI index of each candidate (foreground RoI)
     not_in_baseline: torch.Tensor  # [C] bool, candidate not already selected by D
-    selected: torch.Tensor  # [k, C] bool, candidate b is in action j
+    selected: torch.Tensor  # [k, C] bool, candidate b is in action j ([0, C] with swap)
     pool_boxes: torch.Tensor  # [P, 4] D's boxes, then the candidates'
     pool_scores: torch.Tensor  # [P]
     pool_classes: torch.Tensor  # [P]
-    membership: torch.Tensor  # [k+1, P] bool, set 0 = D, sets 1..k = actions
+    membership: torch.Tensor  # [S, P] bool, set 0 = D, then the actions or swapped sets
     gt: Instances  # the image's full ground truth
 
 
@@ -113,6 +118,34 @@ def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings):
         selected = torch.zeros_like(selected)
         selected[:, order] = capped
     return selected
+
+
+def _swap_sets(base: Instances, cand_boxes, cand_scores, cand_classes, nms_thresh: float):
+    """The ``swap`` estimator's sets: [1 + C, |D| + C] bool over the pool [D; candidates].
+
+    Row 0 is D. Row 1 + b is D with candidate b in place of its *suppressor*, the box of D that
+    wins over b in greedy class-wise NMS: the highest-scoring box of D of b's class, scoring at
+    least b's score, that overlaps b by more than `nms_thresh` (greedy NMS visits kept boxes by
+    descending score, so that is the one that removes b). The same holds for a b under the score
+    threshold: it would be removed by that box if it took part. A candidate that no box of D
+    overlaps that much (missing from D only by the score threshold or the detection cap) is added
+    to D instead.
+    """
+    num_base, num_cand = len(base), len(cand_boxes)
+    suppresses = (
+        (base.pred_classes[None, :] == cand_classes[:, None])
+        & (pairwise_iou(Boxes(cand_boxes), base.pred_boxes) > nms_thresh)
+        & (base.scores[None, :] >= cand_scores[:, None])
+    )  # [C, |D|]
+    first = torch.where(suppresses, base.scores[None, :], float("-inf")).argmax(dim=1)  # [C]
+    rows = torch.arange(num_cand, device=cand_boxes.device)
+    sets = torch.zeros((1 + num_cand, num_base + num_cand), dtype=torch.bool,
+                       device=cand_boxes.device)
+    sets[:, :num_base] = True
+    suppressed = suppresses.any(dim=1)
+    sets[1 + rows[suppressed], first[suppressed]] = False
+    sets[1 + rows, num_base + rows] = True
+    return sets
 
 
 @torch.no_grad()
@@ -168,42 +201,57 @@ def compute_advantages(
         cand_boxes.clip(prop.image_size)
         cand_boxes = cand_boxes.tensor
 
-        draws = torch.rand((k, len(cand_idx)), generator=generator, device=device)
-        selected = _cap_and_nms(draws < cand_scores, cand_scores, cand_boxes, cand_classes, settings)
-
         num_base = len(baseline[i])
         pool_boxes = torch.cat([baseline[i].pred_boxes.tensor, cand_boxes])
         pool_scores = torch.cat([baseline[i].scores, cand_scores])
         pool_classes = torch.cat([baseline[i].pred_classes, cand_classes])
-        membership = torch.zeros((k + 1, len(pool_boxes)), dtype=torch.bool, device=device)
-        membership[0, :num_base] = True
-        membership[1:, num_base:] = selected
+        if settings.reward_estimator == "swap":
+            selected = torch.zeros((0, len(cand_idx)), dtype=torch.bool, device=device)
+            membership = _swap_sets(baseline[i], cand_boxes, cand_scores, cand_classes,
+                                    settings.test_nms_thresh)
+        else:
+            draws = torch.rand((k, len(cand_idx)), generator=generator, device=device)
+            selected = _cap_and_nms(draws < cand_scores, cand_scores, cand_boxes, cand_classes,
+                                    settings)
+            membership = torch.zeros((k + 1, len(pool_boxes)), dtype=torch.bool, device=device)
+            membership[0, :num_base] = True
+            membership[1:, num_base:] = selected
         per_image.append(
             _ImageSets(i, cand_idx, ~in_baseline[cand_idx, cand_classes], selected,
                        pool_boxes, pool_scores, pool_classes, membership, tgt)
         )
 
+    swap = settings.reward_estimator == "swap"
     if not per_image:
         empty = torch.zeros(0, device=device)
         return PGAdvantages(
-            torch.cat(advantages), empty, empty.view(0, k), torch.cat(candidate_masks)
+            torch.cat(advantages), empty, empty.view(0, 1 if swap else k),
+            torch.cat(candidate_masks),
         )
 
     p_max = max(len(s.pool_boxes) for s in per_image)
     g_max = max(len(s.gt) for s in per_image)
+    s_max = max(len(s.membership) for s in per_image)  # k + 1, or 1 + most candidates with swap
+    membership = _pad_stack(
+        [_pad_stack([s.membership], s_max, False)[0] for s in per_image], p_max, False, dim=1
+    )  # [B', S, P]; padded sets are empty and their AP is ignored
     rewards = image_ap(
         _pad_stack([s.pool_boxes for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_scores for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_classes for s in per_image], p_max, -1),
-        _pad_stack([s.membership for s in per_image], p_max, False, dim=1),
+        membership,
         _pad_stack([s.gt.gt_boxes.tensor for s in per_image], g_max, 0.0),
         _pad_stack([s.gt.gt_classes for s in per_image], g_max, -1),
         _pad_stack([torch.ones(len(s.gt), dtype=torch.bool, device=device) for s in per_image],
                    g_max, False),
         settings.iou_thresholds,
         settings.max_detections,
-    )  # [B', k+1]
-    sampled_reward = rewards[:, 1:]
+    )  # [B', S]
+    if swap:
+        num_cand = torch.tensor([len(s.cand_idx) for s in per_image], device=device)
+        sampled_reward = (rewards[:, 1:].sum(dim=1) / num_cand.clamp(min=1)).unsqueeze(1)
+    else:
+        sampled_reward = rewards[:, 1:]
     if settings.baseline == "nms":
         baseline_reward = rewards[:, 0]
     else:
@@ -211,13 +259,16 @@ def compute_advantages(
 
     for row, sets in enumerate(per_image):
         sel = sets.selected.to(sampled_reward.dtype)  # [k, C]
-        reward_sum = sampled_reward[row] @ sel  # [C]: Σ_j r(a_j) [b ∈ a_j]
-        if settings.reward_estimator == "joint":
+        if swap:
+            box_reward = rewards[row, 1:1 + len(sets.cand_idx)]
+            has_estimate = torch.ones_like(sets.not_in_baseline)
+        elif settings.reward_estimator == "joint":
+            reward_sum = sampled_reward[row] @ sel  # [C]: Σ_j r(a_j) [b ∈ a_j]
             box_reward = reward_sum / k
             has_estimate = torch.ones_like(sets.not_in_baseline)
         else:
             times_selected = sel.sum(dim=0)
-            box_reward = reward_sum / times_selected.clamp(min=1)
+            box_reward = (sampled_reward[row] @ sel) / times_selected.clamp(min=1)
             has_estimate = times_selected > 0
         valid = sets.not_in_baseline & has_estimate
         advantages[sets.image][sets.cand_idx] = torch.where(
