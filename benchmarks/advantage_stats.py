@@ -1,18 +1,19 @@
 #!/usr/bin/env python
 """Does the policy-gradient advantage tell good boxes from bad ones? Measured on a trained model.
 
-The PG loss re-weights the cross-entropy of each candidate RoI b (foreground, not already kept by
-NMS) by ``c·A_b + γ``. The paper's intuition (§3.3): "boxes that have higher IoU with ground truth
-boxes than selected ones will get positive rewards, while actions of selecting low IoU boxes will
-be penalized". This script checks that for every choice SPEC §1 leaves open.
+The PG loss re-weights the cross-entropy of each candidate RoI b (foreground, not already kept
+by NMS) by ``c·A_b + γ``. The paper's intuition (§3.3): "boxes that have higher IoU with ground
+truth boxes than selected ones will get positive rewards, while actions of selecting low IoU
+boxes will be penalized". This script checks that for every choice SPEC §1 leaves open.
 
 It runs a trained detector in training mode (RoI sampling with ground truth, no weight update) on
 the first N batches of its training set, captures the box predictor's inputs to
 :func:`pgdet.modeling.policy_gradient.compute_advantages`, and recomputes the advantages on the
-*same* predictor outputs with the *same* random stream under each setting. For the candidates it
-prints: the share of positive advantages, mean and spread of A, the Spearman correlation of A with
-the candidate's localisation quality (IoU of its decoded box with its ground truth) and with its
-confidence p_b, and the share of candidates that γ = 1 and c = 10 would push *down* (c·A + γ < 0).
+*same* predictor outputs with the *same* random stream under each setting. For the candidates
+it prints: the share of positive advantages, mean and spread of A, the Spearman correlation of A
+with the candidate's localisation quality (IoU of its decoded box with its ground truth) and with
+its confidence p_b, and the share of candidates that γ = 1 and c = 10 would push *down*
+(c·A + γ < 0).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/advantage_stats.py \\
         --config configs/bccd/ft_MobileNetV2_FPN_bccd.yaml \\

@@ -248,8 +248,10 @@ def test_swap_estimator_against_reference_nms_and_pycocotools():
     rois = torch.tensor([[22.0, 21.0, 80.0, 79.0], [143.0, 104.0, 201.0, 158.0],
                          [100.0, 10.0, 130.0, 40.0]])
     lone = Instances(IMAGE_SIZE, proposal_boxes=Boxes(rois),
-                     gt_classes=torch.tensor([0, 0, NUM_CLASSES]), gt_boxes=Boxes(gt_boxes[[0, 1, 0]]))
-    lone._pg_targets = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt_boxes), gt_classes=torch.tensor([0, 0]))
+                     gt_classes=torch.tensor([0, 0, NUM_CLASSES]),
+                     gt_boxes=Boxes(gt_boxes[[0, 1, 0]]))
+    lone._pg_targets = Instances(IMAGE_SIZE, gt_boxes=Boxes(gt_boxes),
+                                 gt_classes=torch.tensor([0, 0]))
     images.append(lone)
     probs.append(torch.tensor([[0.9, 0.03, 0.03, 0.04], [0.03, 0.02, 0.02, 0.93],
                                [0.01, 0.01, 0.01, 0.97]]))
