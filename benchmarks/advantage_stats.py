@@ -12,8 +12,9 @@ the first N batches of its training set, captures the box predictor's inputs to
 *same* predictor outputs with the *same* random stream under each setting. For the candidates
 it prints: the share of positive advantages, mean and spread of A, the Spearman correlation of A
 with the candidate's localisation quality (IoU of its decoded box with its ground truth) and with
-its confidence p_b, and the share of candidates that γ = 1 and c = 10 would push *down*
-(c·A + γ < 0).
+its confidence p_b and with the exact counterfactual (the ``swap`` advantage: what putting b
+into the NMS result in place of the box that suppressed it does to the image's AP), and the
+share of candidates that γ = 1 and c = 10 would push *down* (c·A + γ < 0).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/advantage_stats.py \\
         --config configs/bccd/ft_MobileNetV2_FPN_bccd.yaml \\
@@ -46,6 +47,7 @@ SETTINGS = (
     ("conditional, sample NMS, r'=sampled mean", "conditional", True, "sampled_mean"),
     ("swap (no sampling), r'=NMS", "swap", False, "nms"),
 )
+SWAP_LABEL = SETTINGS[-1][0]
 PUSH_DOWN_SCALE = 10.0  # c at which the share of pushed-down candidates (c·A + 1 < 0) is shown
 
 
@@ -107,38 +109,44 @@ def main():
     images = sum(len(c[2]) for c in captured)
     print(f"{args.weights}: {args.batches} training batches, {images} images, "
           f"k = {cfg.MODEL.PG.NUM_SAMPLES} actions per image\n")
+    results = {label: advantages_under(captured, estimator, sample_nms, baseline)
+               for label, estimator, sample_nms, baseline in SETTINGS}
+    exact = results[SWAP_LABEL]["A"]  # what swapping b into the NMS result does to its AP
     print(f"| setting | mean r' | mean r(a) | A > 0 | mean A | std A | ρ(A, IoU) | ρ(A, p_b) "
-          f"| c={PUSH_DOWN_SCALE:g}, γ=1: pushed down |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    context = None
-    for label, estimator, sample_nms, baseline in SETTINGS:
-        adv, cand, iou, prob, base, sampled = [], [], [], [], [], []
-        for batch, (probs, boxes, proposals, targets, settings) in enumerate(captured):
-            variant = dataclasses.replace(settings, reward_estimator=estimator,
-                                          sample_nms=sample_nms, baseline=baseline)
-            generator = torch.Generator().manual_seed(batch)  # same actions for every setting
-            result = compute_advantages(probs, boxes, proposals, targets, variant, generator)
-            quality = candidate_quality(boxes, proposals)
-            gt_classes = torch.cat([p.gt_classes for p in proposals])
-            all_probs = torch.cat(probs)
-            p_b = all_probs[torch.arange(len(gt_classes)),
-                            gt_classes.clamp(max=all_probs.shape[1] - 1)]
-            adv.append(result.advantages)
-            cand.append(result.candidate_mask)
-            iou.append(quality["iou"])
-            prob.append(p_b)
-            base.append(result.baseline_reward)
-            sampled.append(result.sampled_reward.flatten())
-        mask = torch.cat(cand)
-        a, q, p = torch.cat(adv)[mask], torch.cat(iou)[mask], torch.cat(prob)[mask]
-        print(f"| {label} | {torch.cat(base).mean():.3f} | {torch.cat(sampled).mean():.3f} "
+          f"| ρ(A, swap A) | c={PUSH_DOWN_SCALE:g}, γ=1: pushed down |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, r in results.items():
+        a = r["A"]
+        print(f"| {label} | {r['r_base']:.3f} | {r['r_sampled']:.3f} "
               f"| {(a > 0).float().mean():.1%} | {a.mean():+.4f} | {a.std():.4f} "
-              f"| {spearman(a, q):+.2f} | {spearman(a, p):+.2f} "
-              f"| {(PUSH_DOWN_SCALE * a + 1 < 0).float().mean():.1%} |")
-        context = (len(a), spearman(q, p), statistics.median(q.tolist()),
-                   statistics.median(p.tolist()))
-    print(f"\n{context[0]} candidates (foreground RoIs not kept by NMS); their IoU and p_b have "
-          f"ρ = {context[1]:+.2f}; median IoU {context[2]:.2f}, median p_b {context[3]:.2f}.")
+              f"| {spearman(a, r['iou']):+.2f} | {spearman(a, r['p_b']):+.2f} "
+              f"| {spearman(a, exact):+.2f} | {(PUSH_DOWN_SCALE * a + 1 < 0).float().mean():.1%} |")
+    q, p = results[SWAP_LABEL]["iou"], results[SWAP_LABEL]["p_b"]
+    print(f"\n{len(q)} candidates (foreground RoIs not kept by NMS); their IoU and p_b have "
+          f"ρ = {spearman(q, p):+.2f}; median IoU {statistics.median(q.tolist()):.2f}, "
+          f"median p_b {statistics.median(p.tolist()):.2f}.")
+
+
+def advantages_under(captured, estimator: str, sample_nms: bool, baseline: str) -> dict:
+    """The candidates' [M] advantages A, IoU and p_b, and the mean rewards, under one setting."""
+    adv, cand, iou, prob, base, sampled = [], [], [], [], [], []
+    for batch, (probs, boxes, proposals, targets, settings) in enumerate(captured):
+        variant = dataclasses.replace(settings, reward_estimator=estimator,
+                                      sample_nms=sample_nms, baseline=baseline)
+        generator = torch.Generator().manual_seed(batch)  # same actions for every setting
+        result = compute_advantages(probs, boxes, proposals, targets, variant, generator)
+        gt_classes = torch.cat([p.gt_classes for p in proposals])
+        all_probs = torch.cat(probs)
+        adv.append(result.advantages)
+        cand.append(result.candidate_mask)
+        iou.append(candidate_quality(boxes, proposals)["iou"])
+        prob.append(all_probs[torch.arange(len(gt_classes)),
+                              gt_classes.clamp(max=all_probs.shape[1] - 1)])
+        base.append(result.baseline_reward)
+        sampled.append(result.sampled_reward.flatten())
+    mask = torch.cat(cand)  # the same for every setting: it depends on the NMS result only
+    return {"A": torch.cat(adv)[mask], "iou": torch.cat(iou)[mask], "p_b": torch.cat(prob)[mask],
+            "r_base": float(torch.cat(base).mean()), "r_sampled": float(torch.cat(sampled).mean())}
 
 
 if __name__ == "__main__":
