@@ -244,7 +244,25 @@ def run_experiment(args, methods: Sequence[Method]) -> Tuple[List[Row], Dict[str
                 [*ft_common, *method.opts, "SEED", str(seed)], out_dir, seed,
                 ["MODEL.WEIGHTS", baseline_weights])
             final_models.setdefault(method.label, out_dir)
-    return list(rows.values()), final_models
+    rows = list(rows.values())
+    count_no_detections_as_zero(rows)
+    return rows, final_models
+
+
+def count_no_detections_as_zero(rows: Sequence[Row]) -> None:
+    """A model that outputs no detection at all (e.g. a collapsed PG γ=0 run) has AP 0, but
+    detectron2's COCOEvaluator reports NaN for it ("No predictions from the model!") instead of
+    running COCOeval, which would poison the mean ± std. Such a run (every metric NaN) gets 0 for
+    each metric that the baseline measured, i.e. where the test set has ground truth; metrics
+    undefined for the dataset (APl without large objects) stay NaN."""
+    baseline = next(r for r in rows if r.method == BASELINE and r.nms == "greedy").runs[0].metrics
+    for row in rows:
+        for i, run in enumerate(row.runs):
+            if all(np.isnan(run.metrics.get(k, float("nan"))) for k in METRIC_KEYS):
+                print(f"[table1] {row.method} ({row.nms}) in {run.output_dir} made no detection: "
+                      "counted as AP 0", flush=True)
+                row.runs[i] = run._replace(metrics={
+                    k: float("nan") if np.isnan(baseline[k]) else 0.0 for k in METRIC_KEYS})
 
 
 def _number(value: float, sign: str = "") -> str:
@@ -292,6 +310,8 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         "the runs (one per seed; the baseline is trained once).",
         f"- *{BASELINE}* is the converged baseline (the paper's *standard*); *{CONTROL}* trains it "
         "for the same extra iterations without PG: the fair control for every fine-tuned row.",
+        "- A model with no detection at all counts as 0 on every metric the baseline measured "
+        "(detectron2's COCOEvaluator reports NaN for it).",
         f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
         f"{soft_nms_cfg.SIGMA}, score threshold {soft_nms_cfg.SCORE_THRESH} (MODEL.SOFT_NMS.*).",
     ]

@@ -296,3 +296,18 @@ def test_methods_option_keeps_the_control():
     assert [m.label for m in chosen] == ["standard fine-tune", "PG γ=1"]
     with pytest.raises(ConfigError, match="unknown"):
         runner.select_methods(["pg_gamma2"])
+
+
+def test_a_model_without_detections_counts_as_zero_where_the_baseline_measured():
+    runner = _load_runner()
+    nan = float("nan")
+    baseline = runner.Row("standard (baseline)", "greedy", [runner.Run(None, "b", dict(
+        AP=50.0, AP50=80.0, AP75=55.0, APs=40.0, APm=60.0, APl=nan))])
+    collapsed = runner.Row("PG γ=0", "greedy", [
+        runner.Run(0, "s0", dict(AP=1.0, AP50=2.0, AP75=1.0, APs=1.0, APm=0.0, APl=nan)),
+        runner.Run(1, "s1", {k: nan for k in METRICS})])
+    runner.count_no_detections_as_zero([baseline, collapsed])
+    assert collapsed.runs[1].metrics == dict(AP=0.0, AP50=0.0, AP75=0.0, APs=0.0, APm=0.0,
+                                             APl=pytest.approx(nan, nan_ok=True))
+    assert collapsed.mean("AP") == 0.5 and collapsed.runs[0].metrics["AP"] == 1.0
+    assert baseline.runs[0].metrics["AP"] == 50.0
