@@ -27,6 +27,20 @@ def test_unknown_key_in_file_names_key_and_file(tmp_path):
     assert "NUM_SAMPLE" in str(e.value) and str(bad) in str(e.value)
 
 
+def test_integer_for_a_float_key_says_how_to_write_it(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build_cfg(DEMO, ["MODEL.PG.REWARD_SCALE", "10"])
+    message = str(e.value)
+    assert "MODEL.PG.REWARD_SCALE" in message and "takes a float" in message
+    assert "Write it as 10.0" in message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{DEMO}"\nMODEL:\n  PG:\n    NUM_SAMPLES: "ten"\n')
+    with pytest.raises(ConfigError) as e:
+        build_cfg(str(bad))
+    assert "MODEL.PG.NUM_SAMPLES" in str(e.value) and str(bad) in str(e.value)
+    assert build_cfg(DEMO, ["MODEL.PG.REWARD_SCALE", "10.0"]).MODEL.PG.REWARD_SCALE == 10.0
+
+
 def test_train_net_reports_unknown_key_without_traceback():
     proc = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", DEMO, "MODEL.ROI_HEADS.NUM_CLASS", "3"],

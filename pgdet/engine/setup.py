@@ -2,6 +2,7 @@
 import difflib
 import logging
 import os
+import re
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
@@ -37,6 +38,25 @@ def _unknown_key_error(cfg, error, source):
     return ConfigError(f"Unknown config key {key!r} in {source}.{hint}")
 
 
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)"
+)
+
+
+def _type_error(error, source):
+    """Turn yacs' "Type mismatch" ValueError (e.g. ``MODEL.PG.REWARD_SCALE 10`` for a float
+    key) into a ConfigError that says how to write the value; other ValueErrors are returned
+    unchanged."""
+    found = _TYPE_MISMATCH.search(str(error))
+    if not found:
+        return error
+    expected, got, default, value, key = found.groups()
+    hint = f" Write it as {float(value)!r}." if (expected, got) == ("float", "int") else ""
+    return ConfigError(f"Config key {key} in {source} takes a {expected} (default {default}), "
+                       f"got the {got} {value}.{hint}")
+
+
 def build_cfg(config_file: str = "", opts=()):
     """The run's config: detectron2 defaults + pgdet keys + `config_file` + `opts`, not frozen.
 
@@ -52,12 +72,16 @@ def build_cfg(config_file: str = "", opts=()):
             cfg.merge_from_file(config_file)
         except KeyError as e:
             raise _unknown_key_error(cfg, e, config_file) from None
+        except ValueError as e:
+            raise _type_error(e, config_file) from None
     if len(opts) % 2:
         raise ConfigError(f"Overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:
         raise _unknown_key_error(cfg, e, "the command-line overrides") from None
+    except ValueError as e:
+        raise _type_error(e, "the command-line overrides") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and default_device() == "cpu":
         cfg.MODEL.DEVICE = "cpu"
     return cfg
