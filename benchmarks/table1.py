@@ -315,8 +315,8 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
         f"{soft_nms_cfg.SIGMA}, score threshold {soft_nms_cfg.SCORE_THRESH} (MODEL.SOFT_NMS.*).",
     ]
-    notes += [f"- *{m.label}*: PG γ=1 + `{' '.join(m.opts[len(PG_GAMMA1.opts):])}`"
-              for m in variants]
+    notes += [f"- *{m.label}*: the PG γ=1 run's overrides, then "
+              f"`{' '.join(m.opts[len(PG_GAMMA1.opts):])}`" for m in variants]
     if args.paper_column:
         notes.append("- paper: Rao et al. 2018, Table 1 (COCO minival, ResNet-101); only the AP "
                      "column is shown, all six metrics are in table1.json.")

@@ -39,11 +39,15 @@ CURVES = (
 
 def predict(cfg, dataset_dicts: Sequence[dict], score_thresh: float) -> List:
     """Detections (detectron2 ``Instances`` on CPU, score > `score_thresh`) of the model `cfg`
-    describes (MODEL.WEIGHTS loaded) on each image, at the config's test resolution."""
+    describes (MODEL.WEIGHTS loaded) on each image, at the config's test resolution.
+
+    DefaultPredictor takes BGR images and converts them to INPUT.FORMAT itself, so the image is
+    read as BGR whatever the model's format (reading it in an RGB model's format would feed the
+    model swapped colour channels)."""
     predictor = DefaultPredictor(cfg)
     results = []
     for record in dataset_dicts:
-        image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        image = read_image(record["file_name"], format="BGR")
         instances = predictor(image)["instances"].to("cpu")
         results.append(instances[instances.scores > score_thresh])
     return results
