@@ -84,6 +84,7 @@ def test_bad_boxes_clipped_or_dropped_with_counts_naming_the_file(tmp_path, capl
     message = caplog.text
     assert str(path) in message and "of 7 boxes" in message
     assert "2 were clipped" in message
+    assert "bbox [90, 70, 20, 20] in XYWH_ABS" in message  # named as annotated, not as clipped
     assert "3 with zero or negative size" in message  # ids 4, 5 and 9
     assert "1 entirely outside" in message
     assert "only_bad.png" in message and "image_id 8" in message

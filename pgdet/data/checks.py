@@ -12,6 +12,7 @@ from typing import Iterable, List, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
@@ -162,8 +163,6 @@ def clip_and_drop_bad_boxes(dicts: List[dict], names: List[str], filter_empty: b
     outside = ~degenerate & ~has_area(clipped)
     was_clipped = ~degenerate & ~outside & (clipped != boxes).any(axis=1)
     keep = ~(degenerate | outside)
-    for index in np.flatnonzero(was_clipped):
-        anns[index]["bbox"], anns[index]["bbox_mode"] = clipped[index].tolist(), BoxMode.XYXY_ABS
 
     if not keep.all() or was_clipped.any():
         owner = np.repeat(np.arange(len(records)), counts)
@@ -184,11 +183,13 @@ def clip_and_drop_bad_boxes(dicts: List[dict], names: List[str], filter_empty: b
             "dropped. First of each: "
             + "; ".join(f"{what}: {', '.join(ex)}" for what, ex in examples.items())
         )
+    for index in np.flatnonzero(was_clipped):  # after the log, which names boxes as annotated
+        anns[index]["bbox"], anns[index]["bbox_mode"] = clipped[index].tolist(), BoxMode.XYXY_ABS
     for record, kept in zip(records, np.split(keep, np.cumsum(counts)[:-1])):
         record["annotations"] = [a for a, k in zip(record["annotations"], kept) if k]
     if filter_empty:
         before = len(dicts)
-        dicts = [r for r in dicts if any(not a.get("iscrowd", 0) for a in r.get("annotations", []))]
+        dicts = filter_images_with_only_crowd_annotations(dicts)
         if len(dicts) < before:
             logger.warning(
                 f"{before - len(dicts)} training images had no box left and were removed."
