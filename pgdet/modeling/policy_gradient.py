@@ -232,9 +232,10 @@ def compute_advantages(
     p_max = max(len(s.pool_boxes) for s in per_image)
     g_max = max(len(s.gt) for s in per_image)
     s_max = max(len(s.membership) for s in per_image)  # k + 1, or 1 + most candidates with swap
-    membership = _pad_stack(
-        [_pad_stack([s.membership], s_max, False)[0] for s in per_image], p_max, False, dim=1
-    )  # [B', S, P]; padded sets are empty and their AP is ignored
+    # [B', S, P]: each image's sets and pool differ in size; padded sets are empty, AP ignored
+    membership = torch.zeros((len(per_image), s_max, p_max), dtype=torch.bool, device=device)
+    for row, sets in enumerate(per_image):
+        membership[row, : sets.membership.shape[0], : sets.membership.shape[1]] = sets.membership
     rewards = image_ap(
         _pad_stack([s.pool_boxes for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_scores for s in per_image], p_max, 0.0),
