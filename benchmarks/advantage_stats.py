@@ -111,6 +111,9 @@ def main():
           f"k = {cfg.MODEL.PG.NUM_SAMPLES} actions per image\n")
     results = {label: advantages_under(captured, estimator, sample_nms, baseline)
                for label, estimator, sample_nms, baseline in SETTINGS}
+    # the candidates (foreground RoIs not kept by NMS) depend on the NMS result only, so they
+    # are the same under every setting
+    q, p = candidate_iou_and_prob(captured, results[SWAP_LABEL]["candidates"])
     exact = results[SWAP_LABEL]["A"]  # what swapping b into the NMS result does to its AP
     print(f"| setting | mean r' | mean r(a) | A > 0 | mean A | std A | ρ(A, IoU) | ρ(A, p_b) "
           f"| ρ(A, swap A) | c={PUSH_DOWN_SCALE:g}, γ=1: pushed down |")
@@ -119,34 +122,42 @@ def main():
         a = r["A"]
         print(f"| {label} | {r['r_base']:.3f} | {r['r_sampled']:.3f} "
               f"| {(a > 0).float().mean():.1%} | {a.mean():+.4f} | {a.std():.4f} "
-              f"| {spearman(a, r['iou']):+.2f} | {spearman(a, r['p_b']):+.2f} "
+              f"| {spearman(a, q):+.2f} | {spearman(a, p):+.2f} "
               f"| {spearman(a, exact):+.2f} | {(PUSH_DOWN_SCALE * a + 1 < 0).float().mean():.1%} |")
-    q, p = results[SWAP_LABEL]["iou"], results[SWAP_LABEL]["p_b"]
     print(f"\n{len(q)} candidates (foreground RoIs not kept by NMS); their IoU and p_b have "
           f"ρ = {spearman(q, p):+.2f}; median IoU {statistics.median(q.tolist()):.2f}, "
           f"median p_b {statistics.median(p.tolist()):.2f}.")
 
 
 def advantages_under(captured, estimator: str, sample_nms: bool, baseline: str) -> dict:
-    """The candidates' [M] advantages A, IoU and p_b, and the mean rewards, under one setting."""
-    adv, cand, iou, prob, base, sampled = [], [], [], [], [], []
+    """Under one setting: the candidates' [M] advantages A, the [R] candidate mask of all sampled
+    RoIs, and the mean rewards."""
+    adv, cand, base, sampled = [], [], [], []
     for batch, (probs, boxes, proposals, targets, settings) in enumerate(captured):
         variant = dataclasses.replace(settings, reward_estimator=estimator,
                                       sample_nms=sample_nms, baseline=baseline)
         generator = torch.Generator().manual_seed(batch)  # same actions for every setting
         result = compute_advantages(probs, boxes, proposals, targets, variant, generator)
-        gt_classes = torch.cat([p.gt_classes for p in proposals])
-        all_probs = torch.cat(probs)
         adv.append(result.advantages)
         cand.append(result.candidate_mask)
+        base.append(result.baseline_reward)
+        sampled.append(result.sampled_reward.flatten())
+    mask = torch.cat(cand)
+    return {"A": torch.cat(adv)[mask], "candidates": mask,
+            "r_base": float(torch.cat(base).mean()), "r_sampled": float(torch.cat(sampled).mean())}
+
+
+def candidate_iou_and_prob(captured, candidates: torch.Tensor):
+    """[M] IoU with its ground truth and [M] probability p_b of its ground-truth class, of the
+    candidates selected by the [R] mask `candidates` over all captured RoIs."""
+    iou, prob = [], []
+    for probs, boxes, proposals, _, _ in captured:
+        gt_classes = torch.cat([p.gt_classes for p in proposals])
+        all_probs = torch.cat(probs)
         iou.append(candidate_quality(boxes, proposals)["iou"])
         prob.append(all_probs[torch.arange(len(gt_classes)),
                               gt_classes.clamp(max=all_probs.shape[1] - 1)])
-        base.append(result.baseline_reward)
-        sampled.append(result.sampled_reward.flatten())
-    mask = torch.cat(cand)  # the same for every setting: it depends on the NMS result only
-    return {"A": torch.cat(adv)[mask], "iou": torch.cat(iou)[mask], "p_b": torch.cat(prob)[mask],
-            "r_base": float(torch.cat(base).mean()), "r_sampled": float(torch.cat(sampled).mean())}
+    return torch.cat(iou)[candidates], torch.cat(prob)[candidates]
 
 
 if __name__ == "__main__":
