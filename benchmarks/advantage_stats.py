@@ -45,15 +45,29 @@ SETTINGS = (
     ("conditional, no sample NMS, r'=NMS", "conditional", False, "nms"),
     ("conditional, sample NMS, r'=NMS", "conditional", True, "nms"),
     ("conditional, sample NMS, r'=sampled mean", "conditional", True, "sampled_mean"),
+    ("reinforce (exact gradient), sample NMS", "reinforce", True, "nms"),
     ("swap (no sampling), r'=NMS", "swap", False, "nms"),
 )
 SWAP_LABEL = SETTINGS[-1][0]
 PUSH_DOWN_SCALE = 10.0  # c at which the share of pushed-down candidates (c·A + 1 < 0) is shown
 
 
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """[N] float64 ranks 0..N-1 of `values`, tied values sharing their average rank (Spearman's
+    definition; a mostly-zero advantage is one large tie, which position must not order)."""
+    sorted_values, order = values.sort(stable=True)
+    _, group, counts = torch.unique_consecutive(sorted_values, return_inverse=True,
+                                                return_counts=True)
+    last = counts.cumsum(0).double() - 1
+    mean_rank = last - (counts.double() - 1) / 2
+    ranks = torch.empty(len(values), dtype=torch.float64)
+    ranks[order] = mean_rank[group]
+    return ranks
+
+
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Rank correlation of two [N] tensors (ties broken by position; N >> ties here)."""
-    rx, ry = (v.argsort().argsort().double() for v in (x, y))
+    """Spearman rank correlation of two [N] tensors: Pearson's on their average ranks."""
+    rx, ry = average_ranks(x), average_ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp(min=1e-12))
 
@@ -111,15 +125,16 @@ def main():
           f"k = {cfg.MODEL.PG.NUM_SAMPLES} actions per image\n")
     results = {label: advantages_under(captured, estimator, sample_nms, baseline)
                for label, estimator, sample_nms, baseline in SETTINGS}
-    # the candidates (foreground RoIs not kept by NMS) depend on the NMS result only, so they
-    # are the same under every setting
-    q, p = candidate_iou_and_prob(captured, results[SWAP_LABEL]["candidates"])
-    exact = results[SWAP_LABEL]["A"]  # what swapping b into the NMS result does to its AP
+    # compared on the same RoIs: the foreground RoIs not kept by NMS (swap's candidates), which
+    # depend on the NMS result only (reinforce also estimates the kept ones; left out here)
+    common = results[SWAP_LABEL]["candidates"]
+    q, p = candidate_iou_and_prob(captured, common)
+    exact = results[SWAP_LABEL]["A"][common]  # what swapping b into D does to its AP
     print(f"| setting | mean r' | mean r(a) | A > 0 | mean A | std A | ρ(A, IoU) | ρ(A, p_b) "
           f"| ρ(A, swap A) | c={PUSH_DOWN_SCALE:g}, γ=1: pushed down |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
-        a = r["A"]
+        a = r["A"][common]
         print(f"| {label} | {r['r_base']:.3f} | {r['r_sampled']:.3f} "
               f"| {(a > 0).float().mean():.1%} | {a.mean():+.4f} | {a.std():.4f} "
               f"| {spearman(a, q):+.2f} | {spearman(a, p):+.2f} "
@@ -130,8 +145,8 @@ def main():
 
 
 def advantages_under(captured, estimator: str, sample_nms: bool, baseline: str) -> dict:
-    """Under one setting: the candidates' [M] advantages A, the [R] candidate mask of all sampled
-    RoIs, and the mean rewards."""
+    """Under one setting: the [R] advantages A and [R] candidate mask (RoIs it estimates) of all
+    sampled RoIs, and the mean rewards."""
     adv, cand, base, sampled = [], [], [], []
     for batch, (probs, boxes, proposals, targets, settings) in enumerate(captured):
         variant = dataclasses.replace(settings, reward_estimator=estimator,
@@ -142,8 +157,7 @@ def advantages_under(captured, estimator: str, sample_nms: bool, baseline: str) 
         cand.append(result.candidate_mask)
         base.append(result.baseline_reward)
         sampled.append(result.sampled_reward.flatten())
-    mask = torch.cat(cand)
-    return {"A": torch.cat(adv)[mask], "candidates": mask,
+    return {"A": torch.cat(adv), "candidates": torch.cat(cand),
             "r_base": float(torch.cat(base).mean()), "r_sampled": float(torch.cat(sampled).mean())}
 
 

@@ -25,7 +25,9 @@ def add_pgdet_config(cfg):
     _C.MODEL.PG.NUM_SAMPLES = 10
     # How r(b) is estimated from the k actions: "joint" = (1/k) Σ_j r(a_j)[b ∈ a_j], the paper's
     # Monte-Carlo estimate of Σ_a p(a) r(a) δ(a,b); "conditional" = mean r(a_j) over the actions
-    # that contain b (SPEC §1 step 5); "swap" (beyond SPEC, no sampling) = AP of the NMS result
+    # that contain b (SPEC §1 step 5); "reinforce" (beyond the paper) = the policy's exact
+    # gradient p_b (E[r | b in a] - E[r | b not in a]), estimated from the k actions, needs no r';
+    # "swap" (beyond SPEC, no sampling) = AP of the NMS result
     # with b in place of the box that suppressed it, the counterfactual of §3.3's "boxes with
     # higher IoU than selected ones get positive rewards" (needs BASELINE "nms").
     _C.MODEL.PG.REWARD_ESTIMATOR = "joint"
@@ -40,6 +42,21 @@ def add_pgdet_config(cfg):
     _C.MODEL.PG.IOU_THRESHOLDS = list(COCO_IOU_THRESHOLDS)
     # N_bb of eq. 3: the detection cap of a sampled set, and COCO's maxDets of the reward.
     _C.MODEL.PG.MAX_DETECTIONS = 100
+    # Let the ground-truth boxes that detectron2 appends to the proposals in training
+    # (MODEL.ROI_HEADS.PROPOSAL_APPEND_GT) into D, the candidates and the sampled sets. False
+    # (default): they do not exist at test time, so they are left out (they would raise r' and,
+    # under "swap", suppress their object's real candidates); they keep the weight γ.
+    # True: pgdet <= 0.2's behaviour.
+    _C.MODEL.PG.INCLUDE_GT_PROPOSALS = False
+    # Beyond the paper: leave-one-out credit r(D) - r(D without d) for every box d that NMS kept
+    # (the paper gives them advantage 0), e.g. duplicates and false positives on background RoIs.
+    _C.MODEL.PG.KEPT_BOX_CREDIT = False
+    # Beyond the paper, with REWARD_ESTIMATOR "swap": when candidate b should replace the box s
+    # that suppressed it (A_b > 0), s gets -A_b, so both sides of the NMS mistake move.
+    _C.MODEL.PG.SUPPRESSOR_CREDIT = False
+    # Beyond the paper: "none", or "image_max" = divide each image's advantages by their largest
+    # magnitude (|A| <= 1 on any dataset; with REWARD_SCALE < GAMMA every weight stays positive).
+    _C.MODEL.PG.ADVANTAGE_NORM = "none"
 
     # ---- Test-time soft-NMS (Bodla et al. 2017; paper Table 1 "soft NMS" rows) ----
     _C.MODEL.SOFT_NMS = CN()

@@ -36,3 +36,14 @@ def test_candidate_quality_uses_the_box_of_the_ground_truth_class():
     quality = stats.candidate_quality([boxes], [proposals])
     assert quality["iou"].tolist() == pytest.approx([0.5, 0.0])
     assert quality["fg"].tolist() == [True, False]
+
+
+def test_spearman_gives_ties_their_average_rank():
+    stats = _load_script()
+    # x = [0, 0, 0, 1] has average ranks [1, 1, 1, 3]; y = [4, 3, 2, 1] has ranks [3, 2, 1, 0].
+    # Pearson of those ranks by hand: dx = [-.5, -.5, -.5, 1.5], dy = [1.5, .5, -.5, -1.5],
+    # Σ dx dy = -3, |dx| = sqrt(3), |dy| = sqrt(5): rho = -3 / sqrt(15) = -0.7746.
+    # Ties broken by position would rank x as [0, 1, 2, 3] and give rho = -1.
+    x, y = torch.tensor([0.0, 0.0, 0.0, 1.0]), torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert stats.spearman(x, y) == pytest.approx(-3 / 15 ** 0.5)
+    assert stats.average_ranks(torch.tensor([2.0, 1.0, 2.0])).tolist() == [1.5, 0.0, 1.5]

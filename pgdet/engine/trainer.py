@@ -69,6 +69,20 @@ def run_seed(cfg) -> int:
     return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
 
 
+def with_run_seed(cfg):
+    """`cfg` with SEED < 0 ("random" in detectron2) replaced by one seed drawn for the run and
+    shared by its processes, so the data order, the augmentations and the PG actions all come
+    from the same seed, which the log records."""
+    if cfg.SEED >= 0:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = run_seed(cfg)
+    cfg.freeze()
+    logging.getLogger(__name__).info("SEED -1: this run's seed is %d", cfg.SEED)
+    return cfg
+
+
 class ReseedHook(HookBase):
     """Seeds torch/numpy/random from (seed, iteration, rank) before every step."""
 
@@ -89,7 +103,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = with_run_seed(DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size()))
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)

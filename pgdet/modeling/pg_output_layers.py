@@ -22,7 +22,9 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from .policy_gradient import BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages
+from .policy_gradient import (
+    ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages,
+)
 from .soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
 
 
@@ -49,6 +51,16 @@ def check_pg_config(cfg):
         )
     if pg.BASELINE not in BASELINES:
         problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {pg.BASELINE!r}")
+    if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
+        problems.append(
+            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
+        )
+    if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
+        problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
+                        "candidate: it needs MODEL.PG.REWARD_ESTIMATOR swap")
+    if pg.REWARD_ESTIMATOR == "reinforce" and pg.NUM_SAMPLES < 2:
+        problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
+                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {pg.NUM_SAMPLES}")
     if pg.REWARD_ESTIMATOR == "swap" and pg.BASELINE != "nms":
         problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
                         "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
@@ -141,9 +153,14 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 max_detections=pg.MAX_DETECTIONS,
                 test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
                 test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+                include_gt_proposals=pg.INCLUDE_GT_PROPOSALS,
+                kept_box_credit=pg.KEPT_BOX_CREDIT,
+                suppressor_credit=pg.SUPPRESSOR_CREDIT,
+                advantage_norm=pg.ADVANTAGE_NORM,
             ),
-            # cfg.SEED < 0 means "random" in detectron2; 0 keeps the stream defined all the same
-            pg_seed=max(cfg.SEED, 0),
+            # SEED < 0 means "random" in detectron2: the Trainer resolves it to the run's drawn
+            # seed before building the model; a model built elsewhere draws its own.
+            pg_seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
             soft_nms=None
             if not cfg.MODEL.SOFT_NMS.ENABLED
             else dict(
@@ -209,6 +226,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         if weights.numel():
             storage.put_scalar("pg/mean_weight", weights.mean().item())
+            storage.put_scalar("pg/negative_weight_frac", (weights < 0).float().mean().item())
         storage.put_scalar("pg/reward_time", seconds, smoothing_hint=True)
 
     def inference(self, predictions, proposals: List[Instances]):

@@ -8,7 +8,10 @@ RoIs into one advantage per RoI, ``A_b = r(b) - r'``:
 2. the *candidates*: foreground RoIs, each with its ground-truth class ``l_b`` (eq. 7), the box
    decoded for that class, and its probability ``p_b``;
 3. k *actions*: each candidate kept independently with probability ``p_b`` (Bernoulli), capped
-   to the N_bb highest scores (eq. 3), optionally class-wise NMS'd; each scored -> ``r(a_j)``;
+   to the N_bb highest scores (eq. 3), optionally class-wise NMS'd; each scored -> ``r(a_j)``.
+   NMS and the cap only decide what an action's detection set is, hence its reward; whether b
+   is "in action j" for the estimators below is the raw Bernoulli draw, the random variable
+   whose log-probability the policy gradient differentiates;
 4. ``r(b)`` from the k rewards (``joint``: the paper's Monte-Carlo estimate of
    Σ_a p(a) r(a) δ(a,b); ``conditional``: mean reward of the actions containing b); or, with
    ``swap``, no sampling: r(b) = AP of D with b in place of the box that suppressed it in NMS
@@ -17,10 +20,43 @@ RoIs into one advantage per RoI, ``A_b = r(b) - r'``:
 5. ``A_b = r(b) - r'``, zero for RoIs that D already selected (same RoI and class), for
    background RoIs, and for images without ground truth.
 
-All k + 1 detection sets of all images are scored by one call of
-:func:`pgdet.modeling.reward.image_ap`, over a per-image *pool* (D's boxes followed by the
-candidates' boxes) with a membership mask, so IoUs with the ground truth are computed once per
-image and the sequential part of COCO matching runs once for the whole batch.
+``reinforce`` is the policy's exact gradient instead of the paper's r(b). With independent
+Bernoulli selections, P(a) = Π_b p_b^[b∈a] (1 − p_b)^[b∉a], the expected reward is, for every b,
+
+    E[r] = p_b · E[r | b ∈ a] + (1 − p_b) · E[r | b ∉ a],
+
+so ∂E[r]/∂p_b = E[r | b ∈ a] − E[r | b ∉ a] =: Δ_b, and through the softmax
+(∂p_b/∂x_{b,l_b} = p_b(1 − p_b)) ∂E[r]/∂x_{b,l_b} = p_b (1 − p_b) Δ_b. The loss's weighted
+cross-entropy has gradient ``w_b (p_b − 1)`` on that logit, so gradient descent ascends E[r]
+exactly when ``w_b = c · p_b · Δ_b``: ``A_b = p_b Δ_b``, with Δ_b estimated by the difference of
+the mean rewards of the k actions with and without b (0 when all or none hold b). It needs no
+baseline r' (a constant cancels in Δ_b) and applies to every candidate, also those in D: all are
+drawn. The paper's joint estimate is ≈ p_b E[r | b ∈ a] − r', which lacks the E[r | b ∉ a] term:
+the reason its advantage mostly measures confidence (benchmarks/RESULTS.md §7).
+
+Options beyond the paper (``MODEL.PG.*``, all off by default):
+
+- ground-truth boxes that detectron2 appends to the proposals in training
+  (``PROPOSAL_APPEND_GT``) are left out of D, of the candidates and of every set (by default;
+  ``INCLUDE_GT_PROPOSALS`` restores the old behaviour): they decode to near-perfect boxes that do
+  not exist at test time, so they would raise r' above what inference gets and, under ``swap``,
+  suppress the real candidates of their object. They keep the weight γ of every other RoI;
+- ``KEPT_BOX_CREDIT``: leave-one-out credit Δ_d = r(D) − r(D ∖ {d}) for every box d that NMS
+  kept, including duplicates and false positives on background RoIs (the paper's zero);
+- ``SUPPRESSOR_CREDIT`` (``swap``): when b should replace its suppressor s (A_b > 0), s gets
+  −A_b, so both sides of the NMS mistake move;
+- ``ADVANTAGE_NORM image_max``: each image's advantages divided by their largest magnitude, so
+  |A| <= 1 whatever the dataset (images with one object, whose AP moves in steps of 1, do not
+  dominate) and ``c < γ`` keeps every weight c·A + γ positive.
+
+A credit for a kept box d is the change in AP from *having* d with its detected class; the loss
+acts on the RoI's cross-entropy towards its label l, so it enters with sign +1 when d's class
+is l (raising the CE weight raises d's score) and −1 otherwise (the CE pushes d's class down).
+
+All sets of all images are scored by one call of :func:`pgdet.modeling.reward.image_ap`, over a
+per-image *pool* (D's boxes followed by the candidates' boxes) with a membership mask, so IoUs
+with the ground truth are computed once per image and the sequential part of COCO matching runs
+once for the whole batch.
 
 Everything here runs without gradient, on the logits' device. Host synchronisations per batch
 are a fixed number (the sizes used for padding, the NMS of detectron2's inference), independent
@@ -36,8 +72,12 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .reward import COCO_IOU_THRESHOLDS, image_ap
 
-REWARD_ESTIMATORS = ("joint", "conditional", "swap")
+REWARD_ESTIMATORS = ("joint", "conditional", "reinforce", "swap")
 BASELINES = ("nms", "sampled_mean")
+ADVANTAGE_NORMS = ("none", "image_max")
+# The Instances field PGROIHeads sets on sampled RoIs: True for a ground-truth box that
+# detectron2 appended to the proposals (MODEL.ROI_HEADS.PROPOSAL_APPEND_GT).
+FROM_GT_FIELD = "pg_from_gt"
 
 
 @dataclass
@@ -52,18 +92,22 @@ class PGSettings:
     max_detections: int = 100
     test_score_thresh: float = 0.05
     test_nms_thresh: float = 0.5
+    include_gt_proposals: bool = False
+    kept_box_credit: bool = False
+    suppressor_credit: bool = False
+    advantage_norm: str = "none"
 
 
 @dataclass
 class PGAdvantages:
     """Outputs of :func:`compute_advantages` for a batch of R RoIs over B images.
 
-    advantages:      [R] float, ``A_b`` per sampled RoI (0 for background / NMS-selected / no GT).
+    advantages:      [R] float, ``A_b`` per sampled RoI (0 where the method has no estimate).
     baseline_reward: [B'] float, ``r'`` of each image with ground truth (B' <= B).
     sampled_reward:  [B', k] float, ``r(a_j)`` of each action of those images; with ``swap``
                      [B', 1], the mean reward of the image's swapped sets.
-    candidate_mask:  [R] bool, foreground RoIs of images with ground truth not selected by D:
-                     the RoIs whose advantage the method actually estimates.
+    candidate_mask:  [R] bool, the RoIs whose advantage the method estimates (foreground RoIs
+                     not selected by D; with the credit options also D's RoIs and suppressors).
     """
 
     advantages: torch.Tensor
@@ -73,17 +117,22 @@ class PGAdvantages:
 
 
 class _ImageSets(NamedTuple):
-    """The S detection sets of one image with ground truth (D, then k actions or, with ``swap``,
-    one set per candidate), over a pool of P = |D| + C boxes."""
+    """The S detection sets of one image with ground truth over a pool of P = |D| + C boxes:
+    D, then E estimator sets (k actions, or one swapped set per candidate with ``swap``), then
+    |D| leave-one-out sets with ``kept_box_credit``."""
 
     image: int  # index of the image in the batch
     cand_idx: torch.Tensor  # [C] RoI index of each candidate (foreground RoI)
-    not_in_baseline: torch.Tensor  # [C] bool, candidate not already selected by D
-    selected: torch.Tensor  # [k, C] bool, candidate b is in action j ([0, C] with swap)
+    cand_scores: torch.Tensor  # [C] p_b
+    cand_in_baseline: torch.Tensor  # [C] bool, candidate already selected by D
+    drawn: torch.Tensor  # [k, C] bool, raw Bernoulli draws ([0, C] with swap)
+    base_idx: torch.Tensor  # [|D|] RoI index of each box of D
+    base_sign: torch.Tensor  # [|D|] +1 where D's class is the RoI's label, else -1
+    suppressor: torch.Tensor  # [C] index into D of b's NMS suppressor, -1 if none or not swap
     pool_boxes: torch.Tensor  # [P, 4] D's boxes, then the candidates'
     pool_scores: torch.Tensor  # [P]
     pool_classes: torch.Tensor  # [P]
-    membership: torch.Tensor  # [S, P] bool, set 0 = D, then the actions or swapped sets
+    membership: torch.Tensor  # [S, P] bool
     gt: Instances  # the image's full ground truth
 
 
@@ -120,32 +169,146 @@ def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings):
     return selected
 
 
-def _swap_sets(base: Instances, cand_boxes, cand_scores, cand_classes, nms_thresh: float):
-    """The ``swap`` estimator's sets: [1 + C, |D| + C] bool over the pool [D; candidates].
+def _suppressors(base: Instances, cand_boxes, cand_scores, cand_classes, nms_thresh: float):
+    """[C] index into D of the box that wins over each candidate in greedy class-wise NMS, -1
+    where none does.
 
-    Row 0 is D. Row 1 + b is D with candidate b in place of its *suppressor*, the box of D that
-    wins over b in greedy class-wise NMS: the highest-scoring box of D of b's class, scoring at
-    least b's score, that overlaps b by more than `nms_thresh` (greedy NMS visits kept boxes by
-    descending score, so that is the one that removes b). The same holds for a b under the score
-    threshold: it would be removed by that box if it took part. A candidate that no box of D
-    overlaps that much (missing from D only by the score threshold or the detection cap) is added
-    to D instead.
+    That box is the highest-scoring box of D of b's class, scoring at least b's score, that
+    overlaps b by more than `nms_thresh` (greedy NMS visits kept boxes by descending score, so
+    that is the one that removes b). The same holds for a b under the score threshold: it would
+    be removed by that box if it took part. An empty D suppresses nothing.
     """
-    num_base, num_cand = len(base), len(cand_boxes)
+    if len(base) == 0:
+        return torch.full((len(cand_boxes),), -1, dtype=torch.long, device=cand_boxes.device)
     suppresses = (
         (base.pred_classes[None, :] == cand_classes[:, None])
         & (pairwise_iou(Boxes(cand_boxes), base.pred_boxes) > nms_thresh)
         & (base.scores[None, :] >= cand_scores[:, None])
     )  # [C, |D|]
-    first = torch.where(suppresses, base.scores[None, :], float("-inf")).argmax(dim=1)  # [C]
-    rows = torch.arange(num_cand, device=cand_boxes.device)
-    sets = torch.zeros((1 + num_cand, num_base + num_cand), dtype=torch.bool,
-                       device=cand_boxes.device)
+    first = torch.where(suppresses, base.scores[None, :], float("-inf")).argmax(dim=1)
+    return torch.where(suppresses.any(dim=1), first, torch.full_like(first, -1))
+
+
+def _swap_sets(num_base: int, suppressor: torch.Tensor) -> torch.Tensor:
+    """The ``swap`` estimator's sets: [C, |D| + C] bool over the pool [D; candidates].
+
+    Row b is D with candidate b in place of its suppressor, or D ∪ {b} where no box of D
+    suppresses b (b is missing from D only by the score threshold or the detection cap).
+    """
+    num_cand = len(suppressor)
+    rows = torch.arange(num_cand, device=suppressor.device)
+    sets = torch.zeros((num_cand, num_base + num_cand), dtype=torch.bool,
+                       device=suppressor.device)
     sets[:, :num_base] = True
-    suppressed = suppresses.any(dim=1)
-    sets[1 + rows[suppressed], first[suppressed]] = False
-    sets[1 + rows, num_base + rows] = True
+    swapped = suppressor >= 0
+    sets[rows[swapped], suppressor[swapped]] = False
+    sets[rows, num_base + rows] = True
     return sets
+
+
+def _leave_one_out_sets(num_base: int, num_cand: int, device) -> torch.Tensor:
+    """[|D|, |D| + C] bool: row d is D without its box d (``kept_box_credit``)."""
+    sets = torch.zeros((num_base, num_base + num_cand), dtype=torch.bool, device=device)
+    sets[:, :num_base] = ~torch.eye(num_base, dtype=torch.bool, device=device)
+    return sets
+
+
+def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -> _ImageSets:
+    """Candidates, pool and membership of one image with ground truth (steps 2-3).
+
+    prob [R_i, K+1]; box [R_i, K*4] or [R_i, 4]; base: D as Instances with ``base_rois`` [|D|]
+    its RoI indices.
+    """
+    device = prob.device
+    num_classes = prob.shape[1] - 1
+    gt_classes = prop.gt_classes
+    fg = (gt_classes >= 0) & (gt_classes < num_classes)
+    if prop.has(FROM_GT_FIELD) and not settings.include_gt_proposals:
+        fg = fg & ~prop.get(FROM_GT_FIELD)
+    # a foreground RoI that D already holds with its ground-truth class
+    in_baseline = torch.zeros((len(prop), num_classes), dtype=torch.bool, device=device)
+    in_baseline[base_rois, base.pred_classes] = True
+    cand_idx = torch.nonzero(fg, as_tuple=True)[0]
+    cand_classes = gt_classes[cand_idx]
+    cand_scores = prob[cand_idx, cand_classes]
+    if box.shape[1] == 4:
+        cand_boxes = box[cand_idx]
+    else:
+        cand_boxes = box.view(len(prop), -1, 4)[cand_idx, cand_classes]
+    cand_boxes = Boxes(cand_boxes.clone())
+    cand_boxes.clip(prop.image_size)
+    cand_boxes = cand_boxes.tensor
+
+    num_base, num_cand = len(base), len(cand_idx)
+    pool = len(base) + num_cand
+    suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
+    if settings.reward_estimator == "swap":
+        drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
+        suppressor = _suppressors(base, cand_boxes, cand_scores, cand_classes,
+                                  settings.test_nms_thresh)
+        estimator_sets = _swap_sets(num_base, suppressor)
+    else:
+        draws = torch.rand((settings.num_samples, num_cand), generator=generator, device=device)
+        drawn = draws < cand_scores
+        estimator_sets = torch.zeros((settings.num_samples, pool), dtype=torch.bool,
+                                     device=device)
+        estimator_sets[:, num_base:] = _cap_and_nms(drawn, cand_scores, cand_boxes,
+                                                    cand_classes, settings)
+    baseline_set = torch.zeros((1, pool), dtype=torch.bool, device=device)
+    baseline_set[0, :num_base] = True
+    sets = [baseline_set, estimator_sets]
+    if settings.kept_box_credit:
+        sets.append(_leave_one_out_sets(num_base, num_cand, device))
+    roi_labels = gt_classes[base_rois]
+    return _ImageSets(
+        i, cand_idx, cand_scores, in_baseline[cand_idx, cand_classes], drawn, base_rois,
+        torch.where(roi_labels == base.pred_classes, 1.0, -1.0).to(prob.dtype), suppressor,
+        torch.cat([base.pred_boxes.tensor, cand_boxes]),
+        torch.cat([base.scores, cand_scores]),
+        torch.cat([base.pred_classes, cand_classes]),
+        torch.cat(sets), tgt,
+    )
+
+
+def _baseline_detections(probs, boxes, proposals, settings: PGSettings):
+    """D of every image: detectron2's test-time inference over the RoIs that exist at test time
+    (appended ground-truth RoIs left out unless ``include_gt_proposals``).
+
+    Returns per image D (Instances) and [|D|] the RoI index of each of its boxes.
+    """
+    kept_rois = []
+    for prop in proposals:
+        real = torch.ones(len(prop), dtype=torch.bool, device=probs[0].device)
+        if prop.has(FROM_GT_FIELD) and not settings.include_gt_proposals:
+            real = ~prop.get(FROM_GT_FIELD)
+        kept_rois.append(torch.nonzero(real, as_tuple=True)[0])
+    baseline, baseline_rois = fast_rcnn_inference(
+        [b[idx] for b, idx in zip(boxes, kept_rois)],
+        [p[idx] for p, idx in zip(probs, kept_rois)],
+        [p.image_size for p in proposals], settings.test_score_thresh,
+        settings.test_nms_thresh, settings.max_detections,
+    )
+    return baseline, [idx[rois] for idx, rois in zip(kept_rois, baseline_rois)]
+
+
+def _candidate_advantages(sets: _ImageSets, estimator_rewards, baseline_reward, settings):
+    """[C] A_b of one image's candidates and [C] bool whether the estimator has one (step 5).
+
+    estimator_rewards [E]: the rewards of the image's k actions or C swapped sets.
+    """
+    if settings.reward_estimator == "swap":
+        return estimator_rewards - baseline_reward, ~sets.cand_in_baseline
+    k = settings.num_samples
+    drawn = sets.drawn.to(estimator_rewards.dtype)  # [k, C]
+    times = drawn.sum(dim=0)
+    reward_with = estimator_rewards @ drawn  # [C]: Σ_j r(a_j) [b ∈ a_j]
+    if settings.reward_estimator == "reinforce":
+        reward_without = estimator_rewards.sum() - reward_with
+        delta = reward_with / times.clamp(min=1) - reward_without / (k - times).clamp(min=1)
+        return sets.cand_scores * delta, (times > 0) & (times < k)
+    if settings.reward_estimator == "joint":
+        return reward_with / k - baseline_reward, ~sets.cand_in_baseline
+    return reward_with / times.clamp(min=1) - baseline_reward, ~sets.cand_in_baseline & (times > 0)
 
 
 @torch.no_grad()
@@ -162,7 +325,8 @@ def compute_advantages(
     Args:
         probs: per image [R_i, K+1] softmax probabilities (background last).
         boxes: per image [R_i, K*4] (or [R_i, 4] class-agnostic) decoded boxes, XYXY absolute.
-        proposals: per image the sampled RoIs, with ``gt_classes`` [R_i] and ``image_size``.
+        proposals: per image the sampled RoIs, with ``gt_classes`` [R_i] and ``image_size``, and
+            optionally ``pg_from_gt`` [R_i] bool (appended ground-truth RoIs).
         targets: per image the full ground truth (``gt_boxes``, ``gt_classes``): the reward counts
             every ground-truth box, also those that no sampled RoI matched.
         settings: the PG hyper-parameters.
@@ -171,72 +335,70 @@ def compute_advantages(
     device = probs[0].device if probs else torch.device("cpu")
     num_rois = [len(p) for p in proposals]
     advantages = [torch.zeros(n, device=device) for n in num_rois]
-    candidate_masks = [torch.zeros(n, dtype=torch.bool, device=device) for n in num_rois]
-    k = settings.num_samples
-
-    image_shapes = [p.image_size for p in proposals]
-    baseline, baseline_rois = fast_rcnn_inference(
-        boxes, probs, image_shapes, settings.test_score_thresh, settings.test_nms_thresh,
-        settings.max_detections,
-    )
-
-    per_image: List[_ImageSets] = []  # only images with ground truth have a reward
-    for i, (prob, box, prop, tgt) in enumerate(zip(probs, boxes, proposals, targets)):
-        if len(tgt) == 0:
-            continue
-        num_classes = prob.shape[1] - 1
-        gt_classes = prop.gt_classes
-        fg = (gt_classes >= 0) & (gt_classes < num_classes)
-        # a foreground RoI that D already holds with its ground-truth class has reward 0
-        in_baseline = torch.zeros((len(prop), num_classes), dtype=torch.bool, device=device)
-        in_baseline[baseline_rois[i], baseline[i].pred_classes] = True
-        cand_idx = torch.nonzero(fg, as_tuple=True)[0]
-        cand_classes = gt_classes[cand_idx]
-        cand_scores = prob[cand_idx, cand_classes]
-        if box.shape[1] == 4:
-            cand_boxes = box[cand_idx]
-        else:
-            cand_boxes = box.view(len(prop), -1, 4)[cand_idx, cand_classes]
-        cand_boxes = Boxes(cand_boxes.clone())
-        cand_boxes.clip(prop.image_size)
-        cand_boxes = cand_boxes.tensor
-
-        num_base = len(baseline[i])
-        pool_boxes = torch.cat([baseline[i].pred_boxes.tensor, cand_boxes])
-        pool_scores = torch.cat([baseline[i].scores, cand_scores])
-        pool_classes = torch.cat([baseline[i].pred_classes, cand_classes])
-        if settings.reward_estimator == "swap":
-            selected = torch.zeros((0, len(cand_idx)), dtype=torch.bool, device=device)
-            membership = _swap_sets(baseline[i], cand_boxes, cand_scores, cand_classes,
-                                    settings.test_nms_thresh)
-        else:
-            draws = torch.rand((k, len(cand_idx)), generator=generator, device=device)
-            selected = _cap_and_nms(draws < cand_scores, cand_scores, cand_boxes, cand_classes,
-                                    settings)
-            membership = torch.zeros((k + 1, len(pool_boxes)), dtype=torch.bool, device=device)
-            membership[0, :num_base] = True
-            membership[1:, num_base:] = selected
-        per_image.append(
-            _ImageSets(i, cand_idx, ~in_baseline[cand_idx, cand_classes], selected,
-                       pool_boxes, pool_scores, pool_classes, membership, tgt)
-        )
-
+    estimated = [torch.zeros(n, dtype=torch.bool, device=device) for n in num_rois]
     swap = settings.reward_estimator == "swap"
+    num_sampled = 1 if swap else settings.num_samples
+
+    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings)
+    per_image = [  # only images with ground truth have a reward
+        _image_sets(i, prob, box, prop, tgt, baseline[i], baseline_rois[i], settings, generator)
+        for i, (prob, box, prop, tgt) in enumerate(zip(probs, boxes, proposals, targets))
+        if len(tgt) > 0
+    ]
     if not per_image:
         empty = torch.zeros(0, device=device)
-        return PGAdvantages(
-            torch.cat(advantages), empty, empty.view(0, 1 if swap else k),
-            torch.cat(candidate_masks),
-        )
+        return PGAdvantages(torch.cat(advantages), empty, empty.view(0, num_sampled),
+                            torch.cat(estimated))
 
+    rewards = _score_sets(per_image, settings)  # [B', S]
+    num_estimator_sets = [len(s.cand_idx) if swap else settings.num_samples for s in per_image]
+    if swap:
+        sampled_reward = torch.stack([
+            rewards[row, 1:1 + n].sum() / max(n, 1) for row, n in enumerate(num_estimator_sets)
+        ]).unsqueeze(1)
+    else:
+        sampled_reward = rewards[:, 1:1 + settings.num_samples]
+    if settings.baseline == "nms":
+        baseline_reward = rewards[:, 0]
+    else:
+        baseline_reward = sampled_reward.mean(dim=1)
+
+    for row, (sets, num_est) in enumerate(zip(per_image, num_estimator_sets)):
+        adv, est = advantages[sets.image], estimated[sets.image]
+        cand_adv, valid = _candidate_advantages(
+            sets, rewards[row, 1:1 + num_est], baseline_reward[row], settings)
+        cand_adv = torch.where(valid, cand_adv, torch.zeros_like(cand_adv))
+        adv[sets.cand_idx] = cand_adv
+        est[sets.cand_idx] = valid
+        if settings.suppressor_credit:
+            moved = (sets.suppressor >= 0) & (cand_adv > 0)
+            suppressor = sets.suppressor[moved]
+            adv.index_add_(0, sets.base_idx[suppressor],
+                           -cand_adv[moved] * sets.base_sign[suppressor])
+            est[sets.base_idx[suppressor]] = True
+        if settings.kept_box_credit:
+            num_base = len(sets.base_idx)
+            leave_one_out = rewards[row, 1 + num_est:1 + num_est + num_base]
+            adv.index_add_(0, sets.base_idx, (rewards[row, 0] - leave_one_out) * sets.base_sign)
+            est[sets.base_idx] = True
+        if settings.advantage_norm == "image_max" and len(adv):
+            adv /= adv.abs().max().clamp(min=torch.finfo(adv.dtype).tiny)
+    return PGAdvantages(
+        torch.cat(advantages), baseline_reward, sampled_reward, torch.cat(estimated)
+    )
+
+
+def _score_sets(per_image: List[_ImageSets], settings: PGSettings) -> torch.Tensor:
+    """[B', S_max] AP of every set of every image, in one :func:`image_ap` call (padded sets are
+    empty and padded pool entries belong to no set)."""
+    device = per_image[0].pool_scores.device
     p_max = max(len(s.pool_boxes) for s in per_image)
     g_max = max(len(s.gt) for s in per_image)
-    s_max = max(len(s.membership) for s in per_image)  # k + 1, or 1 + most candidates with swap
-    # [B', S, P]: each image's sets and pool differ in size; padded sets are empty, AP ignored
+    s_max = max(len(s.membership) for s in per_image)
     membership = torch.zeros((len(per_image), s_max, p_max), dtype=torch.bool, device=device)
     for row, sets in enumerate(per_image):
         membership[row, : sets.membership.shape[0], : sets.membership.shape[1]] = sets.membership
-    rewards = image_ap(
+    return image_ap(
         _pad_stack([s.pool_boxes for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_scores for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_classes for s in per_image], p_max, -1),
@@ -247,35 +409,4 @@ def compute_advantages(
                    g_max, False),
         settings.iou_thresholds,
         settings.max_detections,
-    )  # [B', S]
-    if swap:
-        num_cand = torch.tensor([len(s.cand_idx) for s in per_image], device=device)
-        sampled_reward = (rewards[:, 1:].sum(dim=1) / num_cand.clamp(min=1)).unsqueeze(1)
-    else:
-        sampled_reward = rewards[:, 1:]
-    if settings.baseline == "nms":
-        baseline_reward = rewards[:, 0]
-    else:
-        baseline_reward = sampled_reward.mean(dim=1)
-
-    for row, sets in enumerate(per_image):
-        sel = sets.selected.to(sampled_reward.dtype)  # [k, C]
-        if swap:
-            box_reward = rewards[row, 1:1 + len(sets.cand_idx)]
-            has_estimate = torch.ones_like(sets.not_in_baseline)
-        elif settings.reward_estimator == "joint":
-            reward_sum = sampled_reward[row] @ sel  # [C]: Σ_j r(a_j) [b ∈ a_j]
-            box_reward = reward_sum / k
-            has_estimate = torch.ones_like(sets.not_in_baseline)
-        else:
-            times_selected = sel.sum(dim=0)
-            box_reward = (sampled_reward[row] @ sel) / times_selected.clamp(min=1)
-            has_estimate = times_selected > 0
-        valid = sets.not_in_baseline & has_estimate
-        advantages[sets.image][sets.cand_idx] = torch.where(
-            valid, box_reward - baseline_reward[row], torch.zeros_like(box_reward)
-        )
-        candidate_masks[sets.image][sets.cand_idx] = sets.not_in_baseline
-    return PGAdvantages(
-        torch.cat(advantages), baseline_reward, sampled_reward, torch.cat(candidate_masks)
     )
