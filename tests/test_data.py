@@ -62,7 +62,7 @@ def test_demo_same_seed_same_bytes_other_seed_different(tmp_path):
     first = _files(_dataset_dir(pdata.generate_demo_dataset(str(tmp_path / "a"), 5, **SMALL)))
     again = _files(_dataset_dir(pdata.generate_demo_dataset(str(tmp_path / "b"), 5, **SMALL)))
     other = _files(_dataset_dir(pdata.generate_demo_dataset(str(tmp_path / "c"), 6, **SMALL)))
-    assert len(first) == 2 + SMALL["num_train"] + SMALL["num_val"]
+    assert len(first) == 3 + SMALL["num_train"] + 2 * SMALL["num_val"]  # train, val, tune
     assert first == again
     assert first.keys() == other.keys()
     assert all(first[k] != other[k] for k in first)
@@ -157,6 +157,10 @@ def test_demo_registers_as_coco_dataset(tmp_path):
     pdata.register_demo_datasets(str(tmp_path), seed=4, **SMALL)
     assert "seed4" in MetadataCatalog.get("pgdet_demo_train").json_file
     assert len(DatasetCatalog.get("pgdet_demo_val")) == SMALL["num_val"]
+    tune = DatasetCatalog.get("pgdet_demo_tune")
+    assert len(tune) == SMALL["num_val"]
+    val_boxes = [[a["bbox"] for a in r["annotations"]] for r in DatasetCatalog.get("pgdet_demo_val")]
+    assert [[a["bbox"] for a in r["annotations"]] for r in tune] != val_boxes, "drawn apart"
 
 
 def test_demo_registered_at_import_under_default_root():

@@ -1,7 +1,7 @@
 """pgdet's datasets: the procedurally generated demo, Pascal-VOC folders, and input checks.
 
-``import pgdet.data`` registers ``pgdet_demo_train`` / ``pgdet_demo_val`` under the default cache
-root (nothing is generated until first loaded). A config selects other datasets through:
+``import pgdet.data`` registers ``pgdet_demo_train`` / ``pgdet_demo_val`` / ``pgdet_demo_tune``
+under the default cache root (nothing is generated until first loaded). A config selects other datasets through:
 
     DATASETS.DEMO.ROOT / DATASETS.DEMO.SEED   where and with which seed the demo is generated
     DATASETS.VOC_DIRS: ["bccd_trainval:/work/shared/data/bccd/BCCD:trainval",

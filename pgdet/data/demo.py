@@ -37,9 +37,11 @@ from PIL import Image, ImageDraw, ImageFilter
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("disc", "square", "triangle", "cross")
-TRAIN_NAME, VAL_NAME = "pgdet_demo_train", "pgdet_demo_val"
+# train: what models learn from; val: where results are reported (the demo's test split); tune:
+# a third split, drawn independently, on which settings are chosen before anything is reported.
+TRAIN_NAME, VAL_NAME, TUNE_NAME = "pgdet_demo_train", "pgdet_demo_val", "pgdet_demo_tune"
 # Bump whenever the drawing changes, so caches of an older generator are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # v2: adds the tune split; train/val bytes are v1's
 DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, DEFAULT_IMAGE_SIZE = 800, 100, 160
 
 MIN_VISIBLE_FRACTION = 0.4  # of an object's in-image pixels that must stay unoccluded
@@ -52,7 +54,7 @@ PLACEMENT_ATTEMPTS = 10
 SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down, for anti-aliased edges
 BLOB_OPACITY = 0.6  # clutter blobs are blended into the gradient, softer than the objects
 MIN_COLOUR_DISTANCE = 70.0  # RGB L2 distance from the background and from overlapping objects
-_SPLIT_CODES = {"train": 0, "val": 1}
+_SPLIT_CODES = {"train": 0, "val": 1, "tune": 2}
 
 
 def _regular_polygon(num_vertices: int, start_angle: float) -> np.ndarray:
@@ -291,7 +293,8 @@ def generate_demo_dataset(
 ) -> Dict[str, DemoSplit]:
     """Make sure the dataset for these parameters is on disk (generating it once); return its paths.
 
-    Returns ``{"train": DemoSplit, "val": DemoSplit}``. An existing folder is complete by
+    Returns ``{"train": DemoSplit, "val": DemoSplit, "tune": DemoSplit}`` (tune has as many
+    images as val). An existing folder is complete by
     construction (it only ever appears through an atomic rename) and is reused without being read.
     """
     root = os.path.expanduser(root or default_demo_root())
@@ -304,7 +307,7 @@ def generate_demo_dataset(
     start = time.perf_counter()
     staging_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(dataset_dir)}.tmp-", dir=root)
     try:
-        for split, num_images in (("train", num_train), ("val", num_val)):
+        for split, num_images in (("train", num_train), ("val", num_val), ("tune", num_val)):
             _write_split(staging_dir, split, seed, num_images, image_size)
         os.chmod(staging_dir, 0o755)
         try:
@@ -333,7 +336,8 @@ def register_demo_datasets(
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> None:
-    """Register ``pgdet_demo_train`` / ``pgdet_demo_val`` as COCO-format detectron2 datasets.
+    """Register ``pgdet_demo_train`` / ``pgdet_demo_val`` / ``pgdet_demo_tune`` as COCO-format
+    detectron2 datasets.
 
     Lazy: nothing is generated until ``DatasetCatalog.get`` is first called on one of them. Calling
     again with the same arguments does nothing; with different ones it replaces both registrations.
@@ -345,7 +349,7 @@ def register_demo_datasets(
     generator_kwargs = dict(root=os.path.expanduser(root or default_demo_root()), seed=seed,
                             num_train=num_train, num_val=num_val, image_size=image_size)
     paths = _split_paths(demo_dataset_dir(**generator_kwargs))
-    for split, name in (("train", TRAIN_NAME), ("val", VAL_NAME)):
+    for split, name in (("train", TRAIN_NAME), ("val", VAL_NAME), ("tune", TUNE_NAME)):
         if name in DatasetCatalog.list():
             if MetadataCatalog.get(name).get("json_file") == paths[split].json_file:
                 continue
