@@ -12,6 +12,11 @@ one without (on CUDA: peak allocated memory). Prints the ratio.
 
     .venv/bin/python benchmarks/bench_iteration.py                       # all configs
     .venv/bin/python benchmarks/bench_iteration.py --configs demo --pairs 20
+    .venv/bin/python benchmarks/bench_iteration.py --configs demo bccd \
+        --pg-opts MODEL.PG.REWARD_ESTIMATOR swap MODEL.PG.KEPT_BOX_CREDIT True
+
+``--pg-opts`` sets the PG options (estimator, credits, ...) that the PG iterations use; the
+standard iterations ignore them.
 """
 import argparse
 import json
@@ -23,37 +28,48 @@ import sys
 import time
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import pgdet  # noqa: F401
-from pgdet.data import CheckedDatasetMapper, register_demo_datasets
+from pgdet.data import CheckedDatasetMapper, register_datasets_from_cfg, register_demo_datasets
 from pgdet.engine import build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DATA = ["MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", "('pgdet_demo_train',)"]
+# name: (config, overrides); the batches come from the config's first DATASETS.TRAIN
 CONFIGS = {
-    "demo": ("configs/demo/frcnn_MobileNetV2_FPN_demo.yaml", []),
+    "demo": ("configs/demo/frcnn_MobileNetV2_FPN_demo.yaml", DEMO_DATA),
+    # BCCD: ~14 overlapping cells per image, the crowded case for the reward's cost
+    "bccd": ("configs/bccd/frcnn_MobileNetV2_FPN_bccd.yaml", []),
     # the paper's R-101 detectors, at a CPU-sized input, on demo images (4 classes); random
     # weights (no ImageNet download here) need trainable BN, or frozen identity BN diverges
-    "R101": ("configs/frcnn_R101.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN",
-                                         "320", "MODEL.RESNETS.NORM", "BN"]),
-    "R101_FPN": ("configs/frcnn_R101_FPN.yaml", ["INPUT.MIN_SIZE_TRAIN", "(320,)",
-                                                 "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
+    "R101": ("configs/frcnn_R101.yaml", DEMO_DATA + [
+        "INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
+    "R101_FPN": ("configs/frcnn_R101_FPN.yaml", DEMO_DATA + [
+        "INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
 }
-COMMON = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
-          "MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", "('pgdet_demo_train',)",
+COMMON = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
           "SOLVER.IMS_PER_BATCH", "2"]
 
 
-def setup(name):
+def setup(name, pg_opts=(), weights=""):
+    """Model, 4 batches of 2 training images and an optimizer. `weights`: a trained model of
+    the config (the reward's cost depends on how many boxes survive NMS; a random head is not
+    representative of a fine-tune), or "" for random heads."""
     config, opts = CONFIGS[name]
-    cfg = build_cfg(os.path.join(REPO, config), COMMON + opts)
+    cfg = build_cfg(os.path.join(REPO, config), COMMON + opts + list(pg_opts))
+    cfg.MODEL.WEIGHTS = weights
     register_demo_datasets()
+    register_datasets_from_cfg(cfg)
     model = build_model(cfg)
+    if weights:
+        DetectionCheckpointer(model).load(weights)
     model.train()
     mapper = CheckedDatasetMapper(cfg, True)
-    dicts = DatasetCatalog.get("pgdet_demo_train")
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
     torch.manual_seed(0)
     batches = [[mapper(dict(dicts[2 * i + j])) for j in range(2)] for i in range(4)]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -74,8 +90,8 @@ def step(model, batch, optimizer, storage, pg: bool) -> float:
     return time.perf_counter() - start
 
 
-def time_ratio(name, pairs, warmup):
-    model, batches, optimizer = setup(name)
+def time_ratio(name, pairs, warmup, pg_opts, weights):
+    model, batches, optimizer = setup(name, pg_opts, weights)
     ratios, t_pg, t_std, reward_time = [], [], [], []
     with EventStorage() as storage:
         for i in range(warmup):
@@ -100,9 +116,9 @@ def time_ratio(name, pairs, warmup):
     }
 
 
-def peak_memory_child(name, pg, iterations):
+def peak_memory_child(name, pg, iterations, pg_opts, weights):
     """Run in a fresh process: peak memory of `iterations` steps with PG on or off."""
-    model, batches, optimizer = setup(name)
+    model, batches, optimizer = setup(name, pg_opts, weights)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with EventStorage() as storage:
@@ -113,11 +129,12 @@ def peak_memory_child(name, pg, iterations):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_ratio(name, iterations):
+def memory_ratio(name, iterations, pg_opts, weights):
     peaks = {}
     for pg in (False, True):
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, str(int(pg)), str(iterations)],
+            [sys.executable, __file__, "--memory-child", name, str(int(pg)), str(iterations),
+             "--weights", weights, "--pg-opts", *pg_opts],
             check=True, capture_output=True, text=True,
         ).stdout
         peaks[pg] = int(out.strip().splitlines()[-1])
@@ -130,21 +147,30 @@ def main():
     parser.add_argument("--pairs", type=int, default=12, help="PG/standard iteration pairs")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--memory-iterations", type=int, default=6)
+    parser.add_argument("--pg-opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="MODEL.PG.* overrides for the PG iterations")
+    parser.add_argument("--weights", default="", help="trained weights of the (single) config "
+                        "measured; default: random heads")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         name, pg, iterations = args.memory_child
-        print(peak_memory_child(name, bool(int(pg)), int(iterations)))
+        print(peak_memory_child(name, bool(int(pg)), int(iterations), args.pg_opts,
+                                args.weights))
         return
+    if args.weights and len(args.configs) != 1:
+        parser.error("--weights belongs to one model: name one --configs entry")
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; {args.pairs} alternating pairs after {args.warmup} warm-up steps\n")
+    print(f"device: {device}; {args.pairs} alternating pairs after {args.warmup} warm-up steps; "
+          f"PG options: {' '.join(args.pg_opts) or 'the config defaults'}\n")
     print("| config | standard s/it | PG s/it | time PG ÷ std (median [IQR]) | reward share of PG it "
           "| peak memory PG ÷ std |")
     print("|---|---|---|---|---|---|")
     results = []
     for name in args.configs:
-        timing = time_ratio(name, args.pairs, args.warmup)
-        mem_ratio, peaks = memory_ratio(name, args.memory_iterations)
+        timing = time_ratio(name, args.pairs, args.warmup, args.pg_opts, args.weights)
+        mem_ratio, peaks = memory_ratio(name, args.memory_iterations, args.pg_opts,
+                                        args.weights)
         timing.update(memory_ratio=mem_ratio, peak_bytes={str(k): v for k, v in peaks.items()})
         results.append(timing)
         lo, hi = timing["ratio_iqr"]
