@@ -97,9 +97,10 @@ METHODS = (
 
 
 class Run(NamedTuple):
-    seed: Optional[int]  # None: the baseline, trained once with its config's SEED
+    seed: Optional[int]  # the fine-tune's SEED; None: a baseline
     output_dir: str
     metrics: Dict[str, float]  # COCO bbox metrics in %, as in the run's eval_metrics.json
+    baseline: Optional[int] = None  # the --baseline-seeds seed it comes from; None: the only one
 
 
 @dataclass
@@ -197,6 +198,26 @@ def distinct_methods(variants: Sequence[Method], finetune_cfg,
     return methods
 
 
+def baseline_dir(output: str, baseline: Optional[int]) -> str:
+    """<output>/baseline, or <output>/baseline_seed<B> for each B of --baseline-seeds."""
+    return os.path.join(output, "baseline" if baseline is None else f"baseline_seed{baseline}")
+
+
+def finetune_dir(output: str, slug: str, baseline: Optional[int], seed: int) -> str:
+    """<output>/<method>/seed<s>, or <output>/<method>/baseline<B>_seed<s> with --baseline-seeds
+    (every fine-tune seed runs from every baseline)."""
+    run = f"seed{seed}" if baseline is None else f"baseline{baseline}_seed{seed}"
+    return os.path.join(output, slug, run)
+
+
+def run_name(run: Run) -> str:
+    """A run named by its seeds, as the table's notes and the figures name it ("" for the only
+    baseline)."""
+    parts = [] if run.baseline is None else [f"baseline {run.baseline}"]
+    parts += [] if run.seed is None else [f"seed {run.seed}"]
+    return ", ".join(parts)
+
+
 class Progress:
     """Numbers the stages and prints the time elapsed since the experiment began."""
 
@@ -209,44 +230,44 @@ class Progress:
         print(f"\n[table1] stage {self.done}/{self.total} ({elapsed} elapsed): {what}", flush=True)
 
 
-def run_experiment(args, methods: Sequence[Method]) -> Tuple[List[Row], Dict[str, str]]:
-    """Run (or reuse) every stage; return the table rows and the final model of each figure row."""
-    common = list(args.opts)
-    base_opts = common + list(args.baseline_opts)
-    ft_common = common + list(args.finetune_opts)
-    baseline_dir = os.path.join(args.output, "baseline")
-    baseline_weights = os.path.join(baseline_dir, "model_final.pth")
-    progress = Progress(2 + 2 * len(args.seeds) * len(methods))
+def run_experiment(args, methods: Sequence[Method]) -> List[Row]:
+    """Run (or reuse) every stage: each baseline, then every fine-tune seed of every method from
+    it; return the table rows, runs in that order."""
+    base_opts = [*args.opts, *args.baseline_opts]
+    ft_common = [*args.opts, *args.finetune_opts]
+    baselines = args.baseline_seeds or [None]
+    progress = Progress(len(baselines) * (2 + 2 * len(args.seeds) * len(methods)))
     rows = {(m, n): Row(m, n) for m in [BASELINE] + [x.label for x in methods]
             for n in NMS_TYPES}
 
-    def train_and_soft_nms(label, slug, config, opts, out_dir, seed, weights_opts):
+    def train_and_soft_nms(label, name, config, opts, out_dir, seed, baseline, weights_opts=()):
         progress.stage(f"{label}, train + greedy-NMS evaluation -> {out_dir}")
-        metrics = run_stage(slug, config, out_dir, [*opts, *weights_opts], num_gpus=args.num_gpus)
-        rows[label, "greedy"].runs.append(Run(seed, out_dir, metrics))
+        metrics = run_stage(name, config, out_dir, [*opts, *weights_opts], num_gpus=args.num_gpus)
+        rows[label, "greedy"].runs.append(Run(seed, out_dir, metrics, baseline))
         soft_dir = os.path.join(out_dir, SOFT_NMS_DIR)
         progress.stage(f"{label}, soft-NMS evaluation -> {soft_dir}")
         metrics = run_stage(
-            slug + "_soft_nms", config, soft_dir,
+            name + "_soft_nms", config, soft_dir,
             [*opts, "MODEL.WEIGHTS", os.path.join(out_dir, "model_final.pth"),
              "MODEL.SOFT_NMS.ENABLED", "True"],
             num_gpus=args.num_gpus, eval_only=True)
-        rows[label, "soft-NMS"].runs.append(Run(seed, soft_dir, metrics))
+        rows[label, "soft-NMS"].runs.append(Run(seed, soft_dir, metrics, baseline))
 
-    train_and_soft_nms(BASELINE, "baseline", args.baseline_config, base_opts, baseline_dir,
-                       None, [])
-    final_models = {BASELINE: baseline_dir}
-    for seed in args.seeds:
-        for method in methods:
-            out_dir = os.path.join(args.output, method.slug, f"seed{seed}")
-            train_and_soft_nms(
-                method.label, f"{method.slug}_seed{seed}", args.finetune_config,
-                [*ft_common, *method.opts, "SEED", str(seed)], out_dir, seed,
-                ["MODEL.WEIGHTS", baseline_weights])
-            final_models.setdefault(method.label, out_dir)
+    for baseline in baselines:
+        base_dir = baseline_dir(args.output, baseline)
+        seed_opts = [] if baseline is None else ["SEED", str(baseline)]
+        train_and_soft_nms(BASELINE, os.path.basename(base_dir), args.baseline_config,
+                           [*base_opts, *seed_opts], base_dir, None, baseline)
+        for seed in args.seeds:
+            for method in methods:
+                out_dir = finetune_dir(args.output, method.slug, baseline, seed)
+                train_and_soft_nms(
+                    method.label, f"{method.slug}_{os.path.basename(out_dir)}",
+                    args.finetune_config, [*ft_common, *method.opts, "SEED", str(seed)], out_dir,
+                    seed, baseline, ["MODEL.WEIGHTS", os.path.join(base_dir, "model_final.pth")])
     rows = list(rows.values())
     count_no_detections_as_zero(rows)
-    return rows, final_models
+    return rows
 
 
 def count_no_detections_as_zero(rows: Sequence[Row]) -> None:
@@ -294,6 +315,11 @@ def format_table1(rows: Sequence[Row], paper: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _baselines_note(baseline_seeds: Optional[Sequence[int]]) -> str:
+    return "" if not baseline_seeds else (
+        f", each from every baseline (baseline seeds {' '.join(map(str, baseline_seeds))})")
+
+
 def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
     """Write table1.md and table1.json into the output folder; return the markdown."""
     variants = [m for m in methods if m not in METHODS]
@@ -302,12 +328,13 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         "",
         f"Baseline `{args.baseline_config}` (+ `{' '.join(args.baseline_opts)}`), fine-tuned "
         f"with `{args.finetune_config}` (+ `{' '.join(args.finetune_opts)}`), seeds "
-        f"{' '.join(map(str, args.seeds))}; overrides for every stage: `{' '.join(args.opts)}`.",
+        f"{' '.join(map(str, args.seeds))}{_baselines_note(args.baseline_seeds)}; overrides for "
+        f"every stage: `{' '.join(args.opts)}`.",
         "",
         format_table1(rows, args.paper_column),
         "",
         "- Metrics: COCO bbox AP (%) of the final models; mean ± sample standard deviation over "
-        "the runs (one per seed; the baseline is trained once).",
+        "the runs (one per baseline and fine-tune seed; the baseline row: one per baseline).",
         f"- *{BASELINE}* is the converged baseline (the paper's *standard*); *{CONTROL}* trains it "
         "for the same extra iterations without PG: the fair control for every fine-tuned row.",
         "- A model with no detection at all counts as 0 on every metric the baseline measured "
@@ -327,8 +354,9 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         f.write(markdown)
     raw = {
         "baseline_config": args.baseline_config, "finetune_config": args.finetune_config,
-        "seeds": args.seeds, "opts": args.opts, "baseline_opts": args.baseline_opts,
-        "finetune_opts": args.finetune_opts, "test_dataset": dataset,
+        "seeds": args.seeds, "baseline_seeds": args.baseline_seeds, "opts": args.opts,
+        "baseline_opts": args.baseline_opts, "finetune_opts": args.finetune_opts,
+        "test_dataset": dataset,
         "methods": {m.label: {"folder": m.slug, "opts": list(m.opts)} for m in methods},
         "rows": [{
             "method": r.method, "nms": r.nms,
@@ -344,24 +372,25 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
     return markdown
 
 
-def draw_figures(args, methods, final_models: Dict[str, str], ft_cfg, base_cfg, dataset: str):
-    """Figure 3 (baseline, standard fine-tune and PG γ=1 of the first seed, those that ran) and
-    the curves."""
+def draw_figures(args, methods, rows: Sequence[Row], ft_cfg, base_cfg, dataset: str):
+    """Figure 3 (the first run of the baseline, the standard fine-tune and PG γ=1, those that
+    ran) and the training curves of every fine-tuning run."""
     figures = os.path.join(args.output, "figures")
     method_opts = {m.label: m.opts for m in methods}
+    first_runs = {r.method: r.runs[0] for r in rows if r.nms == "greedy" and r.runs}
     models = []
     for label, make_cfg in ((BASELINE, base_cfg), (CONTROL, ft_cfg), (PG_GAMMA1.label, ft_cfg)):
-        if label not in final_models:
+        if label not in first_runs:
             continue
         cfg = make_cfg(method_opts.get(label, ()))
-        cfg.MODEL.WEIGHTS = os.path.join(final_models[label], "model_final.pth")
+        cfg.MODEL.WEIGHTS = os.path.join(first_runs[label].output_dir, "model_final.pth")
         register_datasets_from_cfg(cfg)
-        seed = "" if label == BASELINE else f", seed {args.seeds[0]}"
-        models.append((label + seed, cfg))
+        name = run_name(first_runs[label])
+        models.append((f"{label}, {name}" if name else label, cfg))
     detection_figure(models, dataset, os.path.join(figures, "figure3_detections.png"),
                      num_images=args.figure_images, score_thresh=FIGURE_SCORE_THRESH)
-    curves = {m.label: [os.path.join(args.output, m.slug, f"seed{s}") for s in args.seeds]
-              for m in methods}
+    curves = {r.method: [run.output_dir for run in r.runs]
+              for r in rows if r.nms == "greedy" and r.method != BASELINE}
     training_curves_figure(curves, os.path.join(figures, "training_curves.png"))
     print(f"[table1] figures written to {figures}", flush=True)
 
@@ -372,7 +401,11 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-config", required=True)
     parser.add_argument("--finetune-config", required=True,
                         help="schedule of every fine-tuning run (e.g. a PG config)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="fine-tune seeds (SEED), each run from every baseline")
+    parser.add_argument("--baseline-seeds", type=int, nargs="+", metavar="B",
+                        help="train one baseline per seed B (SEED B) into <output>/baseline_seed<B>"
+                        " and fine-tune from each; default: one baseline in <output>/baseline")
     parser.add_argument("--output", required=True)
     parser.add_argument("--paper-column", nargs="?", const="frcnn", choices=sorted(PAPER),
                         help="add the paper's AP column (Faster R-CNN rows, or fpn)")
@@ -415,10 +448,10 @@ def main(argv=None):
     if not cfg.DATASETS.TEST:
         sys.exit("error: the fine-tune config has no DATASETS.TEST; Table 1 needs a test set.")
     os.makedirs(args.output, exist_ok=True)
-    rows, final_models = run_experiment(args, methods)
+    rows = run_experiment(args, methods)
     markdown = write_report(args, methods, rows, cfg.MODEL.SOFT_NMS, cfg.DATASETS.TEST[0])
     print("\n" + markdown, flush=True)
-    draw_figures(args, methods, final_models, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
+    draw_figures(args, methods, rows, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
 
 
 if __name__ == "__main__":

@@ -311,3 +311,65 @@ def test_a_model_without_detections_counts_as_zero_where_the_baseline_measured()
                                              APl=pytest.approx(nan, nan_ok=True))
     assert collapsed.mean("AP") == 0.5 and collapsed.runs[0].metrics["AP"] == 1.0
     assert baseline.runs[0].metrics["AP"] == 50.0
+
+
+def _fake_stages(monkeypatch, runner):
+    """Replace the runner's train_net.py stages by a recorder: nothing trains, and every stage
+    gets a different AP (its position in the order of stages)."""
+    calls = []
+
+    def run_stage(name, config_file, output_dir, opts=(), num_gpus=1, eval_only=False):
+        metrics = {key: float(len(calls)) for key in METRICS}
+        calls.append(dict(name=name, config=config_file, output_dir=output_dir, opts=list(opts),
+                          eval_only=eval_only, metrics=metrics))
+        return metrics
+
+    monkeypatch.setattr(runner, "run_stage", run_stage)
+    return calls
+
+
+def _opt(opts, key):
+    """The value a KEY VALUE override list gives `key` (the last one wins, as in detectron2)."""
+    return [value for k, value in zip(opts[::2], opts[1::2]) if k == key][-1]
+
+
+@pytest.mark.parametrize("baseline_seeds", [None, [3, 4]])
+def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
+        tmp_path, monkeypatch, baseline_seeds):
+    runner = _load_runner()
+    calls = _fake_stages(monkeypatch, runner)
+    argv = ["--baseline-config", "b.yaml", "--finetune-config", "f.yaml", "--seeds", "0", "1",
+            "--output", str(tmp_path), "--methods", "pg_gamma1"]
+    argv += ["--baseline-seeds", *map(str, baseline_seeds)] if baseline_seeds else []
+    args = runner.parse_args(argv + ["--", "SEED", "9"])
+    rows = runner.run_experiment(args, runner.select_methods(args.methods))
+
+    stages = {call["output_dir"]: call for call in calls}
+    baselines = baseline_seeds or [None]
+    assert len(calls) == len(stages) == len(baselines) * 2 * (1 + 2 * 2)
+    expected = {"standard (baseline)": [], "standard fine-tune": [], "PG γ=1": []}
+    for b in baselines:
+        base_dir = str(tmp_path / ("baseline" if b is None else f"baseline_seed{b}"))
+        base = stages[base_dir]
+        assert base["config"] == os.path.abspath("b.yaml") and not base["eval_only"]
+        assert _opt(base["opts"], "SEED") == ("9" if b is None else str(b))
+        expected["standard (baseline)"].append((b, None, base_dir))
+        for folder, label in (("finetune_standard", "standard fine-tune"),
+                              ("pg_gamma1", "PG γ=1")):
+            for s in (0, 1):
+                name = f"seed{s}" if b is None else f"baseline{b}_seed{s}"
+                run_dir = str(tmp_path / folder / name)
+                run = stages[run_dir]
+                assert run["config"] == os.path.abspath("f.yaml") and not run["eval_only"]
+                assert _opt(run["opts"], "SEED") == str(s)
+                assert _opt(run["opts"], "MODEL.WEIGHTS") == os.path.join(base_dir,
+                                                                          "model_final.pth")
+                soft = stages[os.path.join(run_dir, "soft_nms")]
+                assert soft["eval_only"] and _opt(soft["opts"], "MODEL.WEIGHTS") == os.path.join(
+                    run_dir, "model_final.pth")
+                expected[label].append((b, s, run_dir))
+    for row in rows:
+        suffix = [] if row.nms == "greedy" else ["soft_nms"]
+        assert [(r.baseline, r.seed, r.output_dir) for r in row.runs] == [
+            (b, s, os.path.join(d, *suffix)) for b, s, d in expected[row.method]]
+        assert all(r.metrics == stages[r.output_dir]["metrics"] for r in row.runs)
