@@ -73,9 +73,21 @@ PAPER = {
     },
 }
 BASELINE, CONTROL = "standard (baseline)", "standard fine-tune"
+GAIN_COLUMN = f"ΔAP vs {CONTROL} (paired, 95 % CI)"
+PER_PAIR_COLUMN = "ΔAP per pair"
 NMS_TYPES = ("greedy", "soft-NMS")
 SOFT_NMS_DIR = "soft_nms"
 FIGURE_SCORE_THRESH = 0.5  # paper Figure 3: "boxes with the confident scores higher than 0.5"
+# Student's t quantile t_{0.975, df} (two-sided 95 %): scipy.stats.t.ppf(0.975, df) rounded up
+# to 3 decimals, for df 1-30, 40, 60, 120 (scipy is not a pgdet dependency). Between tabulated df
+# the smaller df's (larger) value is used and beyond 120 the df = 120 one (1.980, not the normal
+# 1.960), so an interval is never narrower than the exact one and at most 1.1 % wider.
+T_975 = {
+    1: 12.707, 2: 4.303, 3: 3.183, 4: 2.777, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.307, 9: 2.263,
+    10: 2.229, 11: 2.201, 12: 2.179, 13: 2.161, 14: 2.145, 15: 2.132, 16: 2.120, 17: 2.110,
+    18: 2.101, 19: 2.094, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
+    26: 2.056, 27: 2.052, 28: 2.049, 29: 2.046, 30: 2.043, 40: 2.022, 60: 2.001, 120: 1.980,
+}
 
 
 @dataclass(frozen=True)
@@ -286,6 +298,62 @@ def count_no_detections_as_zero(rows: Sequence[Row]) -> None:
                     k: float("nan") if np.isnan(baseline[k]) else 0.0 for k in METRIC_KEYS})
 
 
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df} from :data:`T_975`: the value of the largest tabulated df not above `df`."""
+    return T_975[max(d for d in T_975 if d <= df)]
+
+
+def paired_t_interval(gains: Sequence[float]) -> Optional[Tuple[float, float]]:
+    """95 % confidence interval of the mean of n paired gains: mean ± t_{0.975, n-1}·sd/√n with
+    the sample sd; None for fewer than 2 gains (no spread to measure)."""
+    n = len(gains)
+    if n < 2:
+        return None
+    half_width = t_quantile_975(n - 1) * np.std(gains, ddof=1) / np.sqrt(n)
+    return float(np.mean(gains) - half_width), float(np.mean(gains) + half_width)
+
+
+def _same_pair(run: Run, control_run: Run) -> bool:
+    """A fine-tune pairs with the control run of its baseline and seed (same data order); a
+    baseline (no seed) with every control run fine-tuned from it."""
+    return run.baseline == control_run.baseline and run.seed in (None, control_run.seed)
+
+
+@dataclass
+class Comparison:
+    """A row against the control with the same NMS, pair by pair (see :func:`_same_pair`)."""
+
+    pairs: List[Tuple[Run, List[Run]]]  # each run of the row with its control runs
+    unpaired: List[str]  # why some runs of either side have no partner; empty when all pair
+
+    def gains(self) -> np.ndarray:
+        """Per pair: the run's AP minus its control runs' (mean) AP."""
+        return np.array([run.metrics["AP"] - np.mean([c.metrics["AP"] for c in controls])
+                         for run, controls in self.pairs])
+
+    def interval(self) -> Optional[Tuple[float, float]]:
+        """The paired t interval of the mean gain; None unless every run pairs."""
+        return None if self.unpaired else paired_t_interval(self.gains())
+
+
+def pair_with_control(row: Row, control: Row) -> Comparison:
+    """Pair the runs of `row` with those of the control; name the runs left without a partner
+    (e.g. a seed that one side has not run) instead of comparing unequal sets of runs."""
+    pairs = [(run, [c for c in control.runs if _same_pair(run, c)]) for run in row.runs]
+    unpaired = [f"no {control.method} run for {run_name(run) or 'the baseline'}"
+                for run, partners in pairs if not partners]
+    unpaired += [f"no {row.method} run for {run_name(c)}" for c in control.runs
+                 if not any(_same_pair(run, c) for run in row.runs)]
+    return Comparison([(run, partners) for run, partners in pairs if partners], unpaired)
+
+
+def compare_with_control(rows: Sequence[Row]) -> Dict[Tuple[str, str], Comparison]:
+    """{(method, NMS): its pairing with the control of the same NMS} for every other row."""
+    control = {r.nms: r for r in rows if r.method == CONTROL}
+    return {(r.method, r.nms): pair_with_control(r, control[r.nms])
+            for r in rows if r.method != CONTROL}
+
+
 def _number(value: float, sign: str = "") -> str:
     """One decimal, as the paper prints; "nan" where COCO had nothing to measure (no boxes)."""
     return "nan" if np.isnan(value) else f"{value:{sign}.1f}"
@@ -296,18 +364,37 @@ def _cell(row: Row, key: str) -> str:
     return mean if len(row.runs) == 1 else f"{mean} ± {_number(row.std(key))}"
 
 
-def format_table1(rows: Sequence[Row], paper: Optional[str] = None) -> str:
+def _signed(value: float) -> str:
+    """One decimal with its sign, minus as "−" (U+2212)."""
+    return _number(value, "+").replace("-", "\u2212")
+
+
+def _gain_cell(comparison: Comparison) -> str:
+    """Mean paired gain and its 95 % interval; "no gain" when the interval contains 0."""
+    if comparison.unpaired:
+        return "not paired: " + "; ".join(comparison.unpaired)
+    gains, interval = comparison.gains(), comparison.interval()
+    if interval is None:
+        return f"{_signed(gains.mean())} (1 pair, no CI)" if len(gains) else "—"
+    low, high = interval
+    verdict = " no gain" if low <= 0 <= high else ""
+    return f"{_signed(gains.mean())} [{_signed(low)}, {_signed(high)}]{verdict}"
+
+
+def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Comparison],
+                  paper: Optional[str] = None) -> str:
     """Markdown table shaped like the paper's Table 1: one line per (method, NMS); COCO metrics as
-    mean ± sample std over seeds; ΔAP against the standard fine-tune with the same NMS (the fair
-    control); the paper's AP of the same row when `paper` ("frcnn" or "fpn") is given."""
-    control = {r.nms: r.mean("AP") for r in rows if r.method == CONTROL}
-    head = ["method", "NMS", "runs", *METRIC_KEYS, f"ΔAP vs {CONTROL}"]
+    mean ± sample std over the runs; the AP gain over the standard fine-tune with the same NMS
+    (the fair control), paired run by run (`comparisons`); the paper's AP of the same row when
+    `paper` ("frcnn" or "fpn") is given."""
+    head = ["method", "NMS", "runs", *METRIC_KEYS, GAIN_COLUMN, PER_PAIR_COLUMN]
     head += [f"paper AP ({paper})"] if paper else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        delta = "—" if row.method == CONTROL else _number(row.mean("AP") - control[row.nms], "+")
+        comparison = comparisons.get((row.method, row.nms))  # None: the control itself
+        per_pair = ", ".join(map(_signed, comparison.gains())) if comparison else ""
         cells = [row.method, row.nms, str(len(row.runs)), *(_cell(row, k) for k in METRIC_KEYS),
-                 delta]
+                 _gain_cell(comparison) if comparison else "—", per_pair or "—"]
         if paper:
             reference = PAPER[paper].get((row.method, row.nms))
             cells.append(f"{reference[0]:.1f}" if reference else "—")
@@ -320,7 +407,7 @@ def _baselines_note(baseline_seeds: Optional[Sequence[int]]) -> str:
         f", each from every baseline (baseline seeds {' '.join(map(str, baseline_seeds))})")
 
 
-def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
+def write_report(args, methods, rows, comparisons, soft_nms_cfg, dataset: str) -> str:
     """Write table1.md and table1.json into the output folder; return the markdown."""
     variants = [m for m in methods if m not in METHODS]
     notes = [
@@ -331,12 +418,18 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         f"{' '.join(map(str, args.seeds))}{_baselines_note(args.baseline_seeds)}; overrides for "
         f"every stage: `{' '.join(args.opts)}`.",
         "",
-        format_table1(rows, args.paper_column),
+        format_table1(rows, comparisons, args.paper_column),
         "",
         "- Metrics: COCO bbox AP (%) of the final models; mean ± sample standard deviation over "
         "the runs (one per baseline and fine-tune seed; the baseline row: one per baseline).",
         f"- *{BASELINE}* is the converged baseline (the paper's *standard*); *{CONTROL}* trains it "
         "for the same extra iterations without PG: the fair control for every fine-tuned row.",
+        f"- {GAIN_COLUMN}: each run's AP minus that of the control run with the same baseline and "
+        "fine-tune seed (the same data order); the baseline row pairs each baseline with the mean "
+        f"of the control runs fine-tuned from it. *{PER_PAIR_COLUMN}* lists the gains in the "
+        "order of the runs (by baseline, then fine-tune seed). Mean gain and 95 % confidence "
+        "interval of the paired t distribution (t quantile with n − 1 degrees of freedom for n "
+        "pairs); an interval containing 0 is *no gain*; one pair gives no interval.",
         "- A model with no detection at all counts as 0 on every metric the baseline measured "
         "(detectron2's COCOEvaluator reports NaN for it).",
         f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
@@ -365,11 +458,30 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
             "std": {k: r.std(k) for k in METRIC_KEYS},
             "paper": dict(zip(METRIC_KEYS, PAPER[args.paper_column][r.method, r.nms]))
             if args.paper_column and (r.method, r.nms) in PAPER[args.paper_column] else None,
+            "vs_control": comparison_json(comparisons.get((r.method, r.nms))),
         } for r in rows],
     }
     with open(os.path.join(args.output, "table1.json"), "w") as f:
         json.dump(raw, f, indent=1, ensure_ascii=False)
     return markdown
+
+
+def comparison_json(comparison: Optional[Comparison]) -> Optional[dict]:
+    """A row's pairing with the control, every number of the table's gain columns (None for the
+    control itself)."""
+    if comparison is None:
+        return None
+    interval = comparison.interval()
+    return {
+        "pairs": [{"baseline": run.baseline, "seed": run.seed, "run": run.output_dir,
+                   "control_runs": [c.output_dir for c in controls], "gain": float(gain)}
+                  for (run, controls), gain in zip(comparison.pairs, comparison.gains())],
+        "unpaired": comparison.unpaired,
+        "mean_gain": float(np.mean(comparison.gains())) if comparison.pairs else None,
+        "t_quantile": t_quantile_975(len(comparison.pairs) - 1) if interval else None,
+        "ci95": list(interval) if interval else None,
+        "no_gain": bool(interval[0] <= 0 <= interval[1]) if interval else None,
+    }
 
 
 def draw_figures(args, methods, rows: Sequence[Row], ft_cfg, base_cfg, dataset: str):
@@ -449,7 +561,9 @@ def main(argv=None):
         sys.exit("error: the fine-tune config has no DATASETS.TEST; Table 1 needs a test set.")
     os.makedirs(args.output, exist_ok=True)
     rows = run_experiment(args, methods)
-    markdown = write_report(args, methods, rows, cfg.MODEL.SOFT_NMS, cfg.DATASETS.TEST[0])
+    comparisons = compare_with_control(rows)
+    markdown = write_report(args, methods, rows, comparisons, cfg.MODEL.SOFT_NMS,
+                            cfg.DATASETS.TEST[0])
     print("\n" + markdown, flush=True)
     draw_figures(args, methods, rows, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
 

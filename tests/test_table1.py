@@ -33,6 +33,7 @@ RUNS = {
     "PG γ=0": "pg_gamma0/seed0",
     "PG γ=1": "pg_gamma1/seed0",
 }
+GAIN = "ΔAP vs standard fine-tune (paired, 95 % CI)"
 PAPER_AP = {("standard (baseline)", "greedy"): "36.3", ("standard (baseline)", "soft-NMS"): "36.9",
             ("OHEM", "greedy"): "36.9", ("PG γ=0", "greedy"): "37.6", ("PG γ=1", "greedy"): "38.3",
             ("PG γ=1", "soft-NMS"): "38.5"}
@@ -170,9 +171,12 @@ def test_table_rows_equal_each_runs_eval_metrics(experiment):
         assert cells["runs"] == "1"
         for key in METRICS:
             assert cells[key] == _fmt(metrics[key]), (label, nms, key)
-        delta = cells["ΔAP vs standard fine-tune"]
-        assert delta == ("—" if label == "standard fine-tune"
-                         else _fmt(metrics["AP"] - control[nms], "+"))
+        if label == "standard fine-tune":
+            assert cells[GAIN] == cells["ΔAP per pair"] == "—"
+        else:  # one seed: one pair, whose gain is the difference of the two runs' AP
+            gain = _unicode_minus(_fmt(metrics["AP"] - control[nms], "+"))
+            assert cells[GAIN] == f"{gain} (1 pair, no CI)"
+            assert cells["ΔAP per pair"] == gain
         assert cells["paper AP (frcnn)"] == PAPER_AP.get((label, nms), "—")
 
 
@@ -187,6 +191,12 @@ def test_raw_json_holds_the_exact_numbers(experiment):
         metrics = _eval_metrics(run["output_dir"])
         assert run["metrics"] == pytest.approx(metrics, nan_ok=True)
         assert run["seed"] == (None if row["method"] == "standard (baseline)" else 0)
+        assert run["baseline"] is None
+        if row["method"] != "standard fine-tune":
+            (pair,) = row["vs_control"]["pairs"]
+            (control_dir,) = pair["control_runs"]
+            assert pair["gain"] == metrics["AP"] - _eval_metrics(control_dir)["AP"]
+            assert row["vs_control"]["ci95"] is None and row["vs_control"]["unpaired"] == []
     pg = next(r for r in raw["rows"] if (r["method"], r["nms"]) == ("PG γ=1", "soft-NMS"))
     assert pg["paper"] == {"AP": 38.5, "AP50": 60.8, "AP75": 41.3, "APs": 20.9, "APm": 43.4,
                            "APl": 52.7}
@@ -250,18 +260,93 @@ def _row(runner, aps, nms="greedy", method="PG γ=1"):
     return runner.Row(method, nms, runs)
 
 
-def test_mean_and_sample_std_over_seeds():
+def test_mean_and_sample_std_over_seeds_and_no_gain_without_the_controls_seed():
     runner = _load_runner()
     pg_aps, control_aps = [30.0, 31.5, 29.25], [28.0, 28.5]
     rows = [_row(runner, control_aps, method="standard fine-tune"), _row(runner, pg_aps)]
-    table = parse_markdown_table(runner.format_table1(rows))
+    table = parse_markdown_table(runner.format_table1(rows, runner.compare_with_control(rows)))
     cells = table["PG γ=1", "greedy"]
     assert cells["runs"] == "3"
     for i, key in enumerate(METRICS):
         values = [ap + i for ap in pg_aps]
         assert cells[key] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-    expected_delta = statistics.mean(pg_aps) - statistics.mean(control_aps)
-    assert cells["ΔAP vs standard fine-tune"] == f"{expected_delta:+.1f}"
+    # seed 2 has no control run: no gain is computed from the unequal sets of runs
+    assert cells[GAIN] == "not paired: no standard fine-tune run for seed 2"
+    assert cells["ΔAP per pair"] == "+2.0, +3.0"  # the seeds that do pair
+
+
+def _keyed_row(runner, aps, method):
+    """A greedy-NMS row of runs {(baseline, seed): AP}."""
+    runs = [runner.Run(seed, f"/{method}/{b}/{seed}", dict.fromkeys(METRICS, ap), b)
+            for (b, seed), ap in aps.items()]
+    return runner.Row(method, "greedy", runs)
+
+
+def _unicode_minus(text):
+    return text.replace("-", "\u2212")
+
+
+def test_paired_t_interval_on_hand_computed_gains():
+    runner = _load_runner()
+    # mean 0.6667, sample sd 0.4509, t_{0.975,2} = 4.303: 0.6667 ± 4.303 · 0.4509 / √3
+    low, high = runner.paired_t_interval([0.2, 0.7, 1.1])
+    assert (low, high) == pytest.approx((-0.4535, 1.7869), abs=1e-4)
+    assert runner.paired_t_interval([0.5]) is None
+    assert runner.paired_t_interval([0.3, 0.3]) == pytest.approx((0.3, 0.3))
+
+
+def test_t_quantiles_match_scipy_and_are_never_too_small():
+    stats = pytest.importorskip("scipy.stats")
+    runner = _load_runner()
+    for df in range(1, 31):
+        assert 0 <= runner.t_quantile_975(df) - stats.t.ppf(0.975, df) < 1e-3
+    for df in range(31, 1000):
+        exact = stats.t.ppf(0.975, df)
+        assert exact <= runner.t_quantile_975(df) <= 1.011 * exact
+
+
+def test_runs_pair_by_baseline_and_seed_whatever_their_order():
+    runner = _load_runner()
+    control = {(0, 0): 50.0, (0, 1): 51.0, (1, 0): 49.0, (1, 1): 52.0}
+    method = {(1, 1): 52.2, (0, 0): 50.7, (1, 0): 50.1, (0, 1): 51.8}  # gains .2 .7 1.1 .8
+    baselines = {(0, None): 49.5, (1, None): 50.1}  # vs their controls' means 50.5 and 50.5
+    rows = [_keyed_row(runner, aps, label) for aps, label in (
+        (baselines, "standard (baseline)"), (control, "standard fine-tune"), (method, "PG γ=1"))]
+    comparisons = runner.compare_with_control(rows)
+    pg = comparisons["PG γ=1", "greedy"]
+    assert pg.unpaired == []
+    assert pg.gains() == pytest.approx([0.2, 0.7, 1.1, 0.8])
+    assert [c.output_dir for _, (c,) in pg.pairs] == [
+        "/standard fine-tune/1/1", "/standard fine-tune/0/0", "/standard fine-tune/1/0",
+        "/standard fine-tune/0/1"]
+    # mean 0.7, sample sd 0.3742, t_{0.975,3} = 3.182: 0.7 ± 3.182 · 0.3742 / 2 (the runner's
+    # table rounds t up to 3.183)
+    assert pg.interval() == pytest.approx((0.1047, 1.2953), abs=1e-3)
+    assert comparisons["standard (baseline)", "greedy"].gains() == pytest.approx([-1.0, -0.4])
+    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    assert table["PG γ=1", "greedy"][GAIN] == "+0.7 [+0.1, +1.3]"
+    assert table["PG γ=1", "greedy"]["ΔAP per pair"] == "+0.2, +0.7, +1.1, +0.8"
+    # −0.7 ± 12.706 · 0.4243 / √2
+    baseline = table["standard (baseline)", "greedy"]
+    assert baseline[GAIN] == _unicode_minus("-0.7 [-4.5, +3.1] no gain")
+    assert table["standard fine-tune", "greedy"][GAIN] == "—"
+
+
+def test_a_missing_run_is_named_not_paired_around():
+    runner = _load_runner()
+    control = {(0, 0): 50.0, (0, 1): 51.0, (1, 0): 49.0, (1, 1): 52.0}
+    method = {(0, 0): 50.7, (0, 1): 51.6, (1, 0): 50.1}  # (1, 1) did not run
+    extra = {(0, 0): 50.7, (0, 1): 51.6, (1, 0): 50.1, (1, 1): 52.0, (2, 0): 49.0}
+    rows = [_keyed_row(runner, control, "standard fine-tune"),
+            _keyed_row(runner, method, "PG γ=1"), _keyed_row(runner, extra, "OHEM")]
+    comparisons = runner.compare_with_control(rows)
+    pg, ohem = comparisons["PG γ=1", "greedy"], comparisons["OHEM", "greedy"]
+    assert pg.unpaired == ["no PG γ=1 run for baseline 1, seed 1"]
+    assert ohem.unpaired == ["no standard fine-tune run for baseline 2, seed 0"]
+    assert pg.interval() is None and ohem.interval() is None
+    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    assert table["PG γ=1", "greedy"][GAIN] == "not paired: no PG γ=1 run for baseline 1, seed 1"
+    assert table["OHEM", "greedy"]["ΔAP per pair"] == "+0.7, +0.6, +1.1, +0.0"
 
 
 def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
