@@ -50,12 +50,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+from detectron2.data import MetadataCatalog
 
 import pgdet  # noqa: F401  (registers pgdet's components)
 from pgdet.data import register_datasets_from_cfg
 from pgdet.engine import ConfigError, build_cfg
 from pgdet.engine.experiment import METRIC_KEYS, run_stage
 from pgdet.engine.figures import detection_figure, training_curves_figure
+from pgdet.evaluation import per_image_evaluation, resample_counts, resampled_ap
 
 # Paper Table 1 (COCO minival, ResNet-101), keyed by (row, NMS), values in METRIC_KEYS order.
 PAPER = {
@@ -75,6 +77,8 @@ PAPER = {
 BASELINE, CONTROL = "standard (baseline)", "standard fine-tune"
 GAIN_COLUMN = f"ΔAP vs {CONTROL} (paired, 95 % CI)"
 PER_PAIR_COLUMN = "ΔAP per pair"
+BOOTSTRAP_COLUMN = "ΔAP, test-image bootstrap 95 %"
+BOOTSTRAP_SEED = 0  # numpy seed of the test-image resamples (the same draws for every run)
 NMS_TYPES = ("greedy", "soft-NMS")
 SOFT_NMS_DIR = "soft_nms"
 FIGURE_SCORE_THRESH = 0.5  # paper Figure 3: "boxes with the confident scores higher than 0.5"
@@ -325,6 +329,7 @@ class Comparison:
 
     pairs: List[Tuple[Run, List[Run]]]  # each run of the row with its control runs
     unpaired: List[str]  # why some runs of either side have no partner; empty when all pair
+    bootstrap: Optional[Tuple[float, float]] = None  # see add_image_bootstrap
 
     def gains(self) -> np.ndarray:
         """Per pair: the run's AP minus its control runs' (mean) AP."""
@@ -354,6 +359,71 @@ def compare_with_control(rows: Sequence[Row]) -> Dict[Tuple[str, str], Compariso
             for r in rows if r.method != CONTROL}
 
 
+def evaluation_files(run_dir: str, dataset: str) -> Tuple[str, str]:
+    """The COCO-format ground truth and predictions that a run's COCOEvaluator scored.
+
+    The evaluator writes ``coco_instances_results.json`` into <run>/inference/<dataset> (the
+    folder of pgdet's Trainer.build_evaluator) and reads the dataset's ``json_file``, or, for a
+    dataset registered without one (Pascal-VOC folders), the COCO conversion it caches there.
+    """
+    folder = os.path.join(run_dir, "inference", dataset)
+    cached = os.path.join(folder, f"{dataset}_coco_format.json")
+    ground_truth = cached if os.path.isfile(cached) else MetadataCatalog.get(dataset).get(
+        "json_file")
+    predictions = os.path.join(folder, "coco_instances_results.json")
+    if not (ground_truth and os.path.isfile(ground_truth) and os.path.isfile(predictions)):
+        raise FileNotFoundError(f"no COCO predictions and ground truth of {dataset} in {folder}")
+    return ground_truth, predictions
+
+
+class ResampledAP:
+    """COCO AP (%) of runs on the same resamples of the test images, computed once per run."""
+
+    def __init__(self, dataset: str, resamples: int):
+        self.dataset, self.resamples = dataset, resamples
+        self.image_ids, self.counts, self.by_run = None, None, {}
+
+    def __call__(self, run: Run) -> np.ndarray:
+        if run.output_dir not in self.by_run:
+            evaluation = per_image_evaluation(*evaluation_files(run.output_dir, self.dataset))
+            if self.counts is None:
+                self.image_ids = evaluation.image_ids
+                self.counts = resample_counts(len(self.image_ids), self.resamples,
+                                              BOOTSTRAP_SEED)
+            if evaluation.image_ids != self.image_ids:
+                raise ValueError(f"{run.output_dir} was evaluated on other images than the "
+                                 "runs before it; the test-image bootstrap needs one test set.")
+            self.by_run[run.output_dir] = 100 * resampled_ap(evaluation, self.counts)
+        return self.by_run[run.output_dir]
+
+
+def bootstrap_interval(comparison: Comparison, resampled: ResampledAP) -> Tuple[float, float]:
+    """2.5 and 97.5 percentiles of the mean paired gain over the resamples: on each resample,
+    every pair's AP difference on the same images, averaged over the pairs."""
+    mean_gain = np.mean([resampled(run) - np.mean([resampled(c) for c in controls], axis=0)
+                         for run, controls in comparison.pairs], axis=0)
+    low, high = np.percentile(mean_gain, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def add_image_bootstrap(comparisons: Dict[Tuple[str, str], Comparison], dataset: str,
+                        resamples: int) -> None:
+    """Set the test-image bootstrap interval of every row whose runs all pair: the spread of the
+    gain that the choice of test images alone causes, which the interval over seeds leaves out.
+    A row whose runs left no COCO predictions (e.g. detectron2's VOC evaluator) gets none."""
+    start, resampled = time.time(), ResampledAP(dataset, resamples)
+    for (method, nms), comparison in comparisons.items():
+        if comparison.unpaired or not comparison.pairs:
+            continue
+        try:
+            comparison.bootstrap = bootstrap_interval(comparison, resampled)
+        except FileNotFoundError as e:
+            print(f"[table1] {method} ({nms}): no test-image bootstrap, {e}", flush=True)
+    print(f"[table1] test-image bootstrap: {resamples} resamples of "
+          f"{len(resampled.image_ids or ())} images, {len(resampled.by_run)} runs, "
+          f"{time.time() - start:.1f} s", flush=True)
+
+
 def _number(value: float, sign: str = "") -> str:
     """One decimal, as the paper prints; "nan" where COCO had nothing to measure (no boxes)."""
     return "nan" if np.isnan(value) else f"{value:{sign}.1f}"
@@ -381,13 +451,23 @@ def _gain_cell(comparison: Comparison) -> str:
     return f"{_signed(gains.mean())} [{_signed(low)}, {_signed(high)}]{verdict}"
 
 
+def _bootstrap_cell(comparison: Optional[Comparison]) -> str:
+    if comparison is None or comparison.bootstrap is None:
+        return "—"
+    low, high = comparison.bootstrap
+    return f"[{_signed(low)}, {_signed(high)}]"
+
+
 def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Comparison],
                   paper: Optional[str] = None) -> str:
     """Markdown table shaped like the paper's Table 1: one line per (method, NMS); COCO metrics as
     mean ± sample std over the runs; the AP gain over the standard fine-tune with the same NMS
-    (the fair control), paired run by run (`comparisons`); the paper's AP of the same row when
-    `paper` ("frcnn" or "fpn") is given."""
+    (the fair control), paired run by run (`comparisons`), and its test-image bootstrap interval
+    when one was computed; the paper's AP of the same row when `paper` ("frcnn" or "fpn") is
+    given."""
+    bootstrapped = any(c.bootstrap for c in comparisons.values())
     head = ["method", "NMS", "runs", *METRIC_KEYS, GAIN_COLUMN, PER_PAIR_COLUMN]
+    head += [BOOTSTRAP_COLUMN] if bootstrapped else []
     head += [f"paper AP ({paper})"] if paper else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -395,6 +475,7 @@ def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Compar
         per_pair = ", ".join(map(_signed, comparison.gains())) if comparison else ""
         cells = [row.method, row.nms, str(len(row.runs)), *(_cell(row, k) for k in METRIC_KEYS),
                  _gain_cell(comparison) if comparison else "—", per_pair or "—"]
+        cells += [_bootstrap_cell(comparison)] if bootstrapped else []
         if paper:
             reference = PAPER[paper].get((row.method, row.nms))
             cells.append(f"{reference[0]:.1f}" if reference else "—")
@@ -430,6 +511,11 @@ def write_report(args, methods, rows, comparisons, soft_nms_cfg, dataset: str) -
         "order of the runs (by baseline, then fine-tune seed). Mean gain and 95 % confidence "
         "interval of the paired t distribution (t quantile with n − 1 degrees of freedom for n "
         "pairs); an interval containing 0 is *no gain*; one pair gives no interval.",
+        *([f"- {BOOTSTRAP_COLUMN}: 2.5 and 97.5 percentiles of the mean paired gain over "
+           f"{args.bootstrap} resamples of the test images with replacement (numpy seed "
+           f"{BOOTSTRAP_SEED}; the same images for both runs of a pair), COCO AP recomputed on "
+           "each from the runs' saved predictions: how far the choice of test images alone "
+           "moves the gain."] if any(c.bootstrap for c in comparisons.values()) else []),
         "- A model with no detection at all counts as 0 on every metric the baseline measured "
         "(detectron2's COCOEvaluator reports NaN for it).",
         f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
@@ -449,7 +535,7 @@ def write_report(args, methods, rows, comparisons, soft_nms_cfg, dataset: str) -
         "baseline_config": args.baseline_config, "finetune_config": args.finetune_config,
         "seeds": args.seeds, "baseline_seeds": args.baseline_seeds, "opts": args.opts,
         "baseline_opts": args.baseline_opts, "finetune_opts": args.finetune_opts,
-        "test_dataset": dataset,
+        "test_dataset": dataset, "bootstrap": {"resamples": args.bootstrap, "seed": BOOTSTRAP_SEED},
         "methods": {m.label: {"folder": m.slug, "opts": list(m.opts)} for m in methods},
         "rows": [{
             "method": r.method, "nms": r.nms,
@@ -481,6 +567,7 @@ def comparison_json(comparison: Optional[Comparison]) -> Optional[dict]:
         "t_quantile": t_quantile_975(len(comparison.pairs) - 1) if interval else None,
         "ci95": list(interval) if interval else None,
         "no_gain": bool(interval[0] <= 0 <= interval[1]) if interval else None,
+        "bootstrap95": list(comparison.bootstrap) if comparison.bootstrap else None,
     }
 
 
@@ -530,6 +617,9 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage (CPU: gloo)")
     parser.add_argument("--figure-images", type=int, default=4, help="images in Figure 3")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples of the test images for the ΔAP bootstrap interval "
+                        "(0: none)")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE overrides for every stage, after --")
     args = parser.parse_args(argv)
@@ -562,6 +652,9 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     rows = run_experiment(args, methods)
     comparisons = compare_with_control(rows)
+    if args.bootstrap:
+        register_datasets_from_cfg(cfg)  # a COCO-json dataset's ground truth is its json_file
+        add_image_bootstrap(comparisons, cfg.DATASETS.TEST[0], args.bootstrap)
     markdown = write_report(args, methods, rows, comparisons, cfg.MODEL.SOFT_NMS,
                             cfg.DATASETS.TEST[0])
     print("\n" + markdown, flush=True)

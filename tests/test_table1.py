@@ -458,3 +458,187 @@ def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
         assert [(r.baseline, r.seed, r.output_dir) for r in row.runs] == [
             (b, s, os.path.join(d, *suffix)) for b, s, d in expected[row.method]]
         assert all(r.metrics == stages[r.output_dir]["metrics"] for r in row.runs)
+
+
+# The test-image bootstrap: COCO AP on resampled test images, against pycocotools run directly.
+
+CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+
+
+def _box(image_id, category_id, bbox, **fields):
+    return dict(image_id=image_id, category_id=category_id, bbox=list(bbox), **fields)
+
+
+def _hand_made_coco():
+    """Ground truth and detections with what COCOeval treats specially: a crowd box (ignored),
+    a duplicate detection, matches only at low IoU thresholds, equal scores across and within
+    images, a category without ground truth, an image without ground truth."""
+    ground_truth = [
+        _box(1, 1, (10, 10, 50, 50)), _box(1, 1, (100, 100, 40, 40)),
+        _box(1, 2, (200, 50, 60, 30)),
+        _box(2, 1, (20, 20, 30, 30)), _box(2, 1, (60, 20, 30, 30), iscrowd=1),
+        _box(2, 2, (5, 5, 100, 100)), _box(3, 2, (50, 50, 50, 50)), _box(3, 1, (0, 0, 20, 20)),
+    ]
+    for i, annotation in enumerate(ground_truth):
+        w, h = annotation["bbox"][2:]
+        annotation.update(id=i + 1, area=w * h, iscrowd=annotation.get("iscrowd", 0))
+    detections = [
+        _box(1, 1, (12, 11, 50, 48), score=0.9), _box(1, 1, (100, 100, 40, 40), score=0.8),
+        _box(1, 1, (10, 10, 50, 50), score=0.7), _box(1, 2, (210, 50, 60, 30), score=0.6),
+        _box(1, 3, (0, 0, 10, 10), score=0.5), _box(2, 1, (20, 20, 30, 30), score=0.8),
+        _box(2, 1, (62, 22, 28, 28), score=0.4), _box(2, 2, (5, 5, 80, 80), score=0.9),
+        _box(3, 1, (300, 300, 20, 20), score=0.95), _box(3, 2, (50, 50, 50, 50), score=0.3),
+        _box(3, 2, (52, 52, 50, 50), score=0.3), _box(4, 1, (0, 0, 30, 30), score=0.2),
+    ]
+    images = [{"id": i, "width": 400, "height": 400, "file_name": f"{i}.jpg"} for i in (1, 2, 3, 4)]
+    return {"images": images, "annotations": ground_truth, "categories": CATEGORIES}, detections
+
+
+def _random_ground_truth(rng, num_images=6):
+    """One to three boxes of category 1 or 2 on each of `num_images` images."""
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 300, "height": 300, "file_name": f"{image_id}.jpg"})
+        for _ in range(int(rng.integers(1, 4))):
+            x, y, w, h = (float(v) for v in rng.uniform([0, 0, 20, 20], [200, 200, 90, 90]))
+            annotations.append(_box(image_id, int(rng.integers(1, 3)), (x, y, w, h),
+                                    id=len(annotations) + 1, area=w * h, iscrowd=0))
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def _random_detections(ground_truth, rng):
+    """A model's detections of `ground_truth`: jittered boxes, some with the wrong class, some
+    objects missed, a false positive per image; scores that never tie."""
+    detections = []
+    for annotation in ground_truth["annotations"]:
+        if rng.random() < 0.8:
+            x, y, w, h = annotation["bbox"]
+            jitter = rng.normal(0, 0.15, 4) * [w, h, w, h]
+            category = annotation["category_id"] if rng.random() < 0.8 else 3
+            detections.append(_box(annotation["image_id"], category,
+                                   (x + jitter[0], y + jitter[1], w, h)))
+    detections += [_box(image["id"], int(rng.integers(1, 3)), (250, 250, 30, 30))
+                   for image in ground_truth["images"]]
+    for detection in detections:
+        detection["score"] = float(rng.random())
+    return detections
+
+
+def _pycocotools_ap(ground_truth, detections):
+    """AP@[.5:.95] as pycocotools computes it (and detectron2's COCOEvaluator without its C++)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    coco = COCO()
+    coco.dataset = ground_truth
+    coco.createIndex()
+    coco_eval = COCOeval(coco, coco.loadRes(detections), "bbox")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval.stats[0]
+
+
+def _pycocotools_ap_on_resample(ground_truth, detections, counts):
+    """pycocotools' AP on a resample made real: the i-th image (in id order) copied counts[i]
+    times under new ids, with its ground truth and detections."""
+    images, annotations, copied = [], [], []
+    for image, count in zip(sorted(ground_truth["images"], key=lambda i: i["id"]), counts):
+        for copy in range(int(count)):
+            new_id = image["id"] * 1000 + copy
+            images.append(dict(image, id=new_id))
+            annotations += [dict(a, image_id=new_id) for a in ground_truth["annotations"]
+                            if a["image_id"] == image["id"]]
+            copied += [dict(d, image_id=new_id) for d in detections
+                       if d["image_id"] == image["id"]]
+    annotations = [dict(a, id=i + 1) for i, a in enumerate(annotations)]
+    return _pycocotools_ap(dict(ground_truth, images=images, annotations=annotations), copied)
+
+
+def _write_run(run_dir, dataset, ground_truth, detections):
+    """The files a run's COCOEvaluator leaves for a dataset registered without a json_file."""
+    folder = os.path.join(run_dir, "inference", dataset)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{dataset}_coco_format.json"), "w") as f:
+        json.dump(ground_truth, f)
+    with open(os.path.join(folder, "coco_instances_results.json"), "w") as f:
+        json.dump(detections, f)
+    return str(run_dir)
+
+
+def test_identity_resample_gives_pycocotools_ap_exactly(tmp_path):
+    from pgdet.evaluation import per_image_evaluation, resampled_ap
+    ground_truth, detections = _hand_made_coco()
+    run_dir = _write_run(tmp_path, "hand", ground_truth, detections)
+    runner = _load_runner()
+    evaluation = per_image_evaluation(*runner.evaluation_files(run_dir, "hand"))
+    (ap,) = resampled_ap(evaluation, np.ones((1, 4)))
+    expected = _pycocotools_ap(ground_truth, detections)
+    assert 0.3 < expected < 0.9
+    assert ap == expected  # same operations in the same order: bit for bit
+    no_detections = per_image_evaluation(*runner.evaluation_files(
+        _write_run(tmp_path / "empty", "hand", ground_truth, []), "hand"))
+    assert list(resampled_ap(no_detections, np.array([[1, 1, 1, 1], [0, 0, 4, 0]]))) == [0, 0]
+
+
+def test_resampled_ap_equals_pycocotools_on_the_resample_made_real(tmp_path):
+    from pgdet.evaluation import per_image_evaluation, resample_counts, resampled_ap
+    rng = np.random.default_rng(1)
+    ground_truth = _random_ground_truth(rng)
+    detections = _random_detections(ground_truth, rng)
+    runner = _load_runner()
+    run_dir = _write_run(tmp_path, "random", ground_truth, detections)
+    evaluation = per_image_evaluation(*runner.evaluation_files(run_dir, "random"))
+    counts = resample_counts(6, 5, seed=3)
+    assert (counts.sum(axis=1) == 6).all() and (counts == 0).any() and (counts > 1).any()
+    ap = resampled_ap(evaluation, counts)
+    expected = [_pycocotools_ap_on_resample(ground_truth, detections, c) for c in counts]
+    assert ap == pytest.approx(expected, rel=1e-12)
+    assert len(set(np.round(expected, 9))) == len(expected)  # the resamples do differ
+
+
+def _bootstrap_rows(runner, tmp_path, detections_by_row, ground_truth):
+    """Greedy rows of runs (seed s) whose evaluations left `detections_by_row[label][s]`."""
+    return [runner.Row(label, "greedy", [
+        runner.Run(seed, _write_run(tmp_path / _slug(label) / str(seed), "data", ground_truth,
+                                    detections), dict.fromkeys(METRICS, 50.0))
+        for seed, detections in enumerate(per_seed)]) for label, per_seed in detections_by_row]
+
+
+def _slug(label):
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def test_bootstrap_interval_is_the_spread_of_pycocotools_gains_on_real_resamples(tmp_path):
+    from pgdet.evaluation import resample_counts
+    runner = _load_runner()
+    rng = np.random.default_rng(2)
+    ground_truth = _random_ground_truth(rng)
+    detections = {label: [_random_detections(ground_truth, rng) for seed in (0, 1)]
+                  for label in ("standard fine-tune", "PG γ=1")}
+    rows = _bootstrap_rows(runner, tmp_path, detections.items(), ground_truth)
+    comparisons = runner.compare_with_control(rows)
+    runner.add_image_bootstrap(comparisons, "data", resamples=12)
+
+    counts = resample_counts(6, 12, runner.BOOTSTRAP_SEED)
+    gains = np.mean([[_pycocotools_ap_on_resample(ground_truth, method, c)
+                      - _pycocotools_ap_on_resample(ground_truth, control, c) for c in counts]
+                     for method, control in zip(detections["PG γ=1"],
+                                                detections["standard fine-tune"])], axis=0)
+    expected = np.percentile(100 * gains, [2.5, 97.5])
+    assert comparisons["PG γ=1", "greedy"].bootstrap == pytest.approx(expected, abs=1e-9)
+    assert expected[0] < expected[1]
+
+
+def test_identical_methods_have_a_zero_bootstrap_interval(tmp_path):
+    runner = _load_runner()
+    rng = np.random.default_rng(4)
+    ground_truth = _random_ground_truth(rng)
+    same = [_random_detections(ground_truth, rng)] * 2
+    rows = _bootstrap_rows(runner, tmp_path, [("standard fine-tune", same), ("OHEM", same)],
+                           ground_truth)
+    comparisons = runner.compare_with_control(rows)
+    runner.add_image_bootstrap(comparisons, "data", resamples=1000)
+    assert comparisons["OHEM", "greedy"].bootstrap == (0.0, 0.0)
+    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    assert table["OHEM", "greedy"]["ΔAP, test-image bootstrap 95 %"] == "[+0.0, +0.0]"
+    assert table["standard fine-tune", "greedy"]["ΔAP, test-image bootstrap 95 %"] == "—"
