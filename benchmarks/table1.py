@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Paper Table 1 on any dataset: from one converged baseline, fine-tune with standard training,
-OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate each with greedy NMS and
-soft-NMS; write the table (mean ± std over seeds, the paper's numbers beside) and the pictures.
+"""Paper Table 1 on any dataset: from a converged baseline (or one per baseline seed), fine-tune
+with standard training, OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate
+each with greedy NMS and soft-NMS; write the table (mean ± std over the runs, each method's AP gain
+over the standard fine-tune paired run by run with 95 % intervals, the paper's numbers beside)
+and the pictures.
 
     python benchmarks/table1.py \\
         --baseline-config configs/demo/frcnn_MobileNetV2_FPN_demo.yaml \\
         --finetune-config configs/demo/ft_MobileNetV2_FPN_demo.yaml \\
-        --seeds 0 1 2 --output output/table1_demo --paper-column \\
+        --seeds 0 1 2 --baseline-seeds 0 1 --output output/table1_demo --paper-column \\
         --variants "conditional=MODEL.PG.REWARD_ESTIMATOR conditional" \\
         --grid MODEL.PG.SAMPLE_NMS=False,True MODEL.PG.BASELINE=nms,sampled_mean \\
         -- DATALOADER.NUM_WORKERS 2
 
 Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine/experiment.py):
-  1. the baseline, once: --baseline-config (+ --baseline-opts) -> <output>/baseline;
-  2. for every seed, from <output>/baseline/model_final.pth, --finetune-config (+ --finetune-opts,
-     ``SEED s``) with each method, all on the same schedule -> <output>/<method>/seed<s>:
+  1. the baseline: --baseline-config (+ --baseline-opts) -> <output>/baseline; with
+     --baseline-seeds B1 B2 ..., one baseline per seed B (``SEED B``) -> <output>/baseline_seed<B>;
+  2. for every seed s of --seeds, from each baseline's model_final.pth, --finetune-config
+     (+ --finetune-opts, ``SEED s``) with each method, all on the same schedule ->
+     <output>/<method>/seed<s>, or with --baseline-seeds <output>/<method>/baseline<B>_seed<s>
+     (every seed from every baseline):
        standard fine-tune  MODEL.PG.ENABLED False (the fair control: the same extra iterations
                            without PG; the paper's "standard" row is the baseline itself)
        OHEM                MODEL.ROI_HEADS.NAME OHEMROIHeads (fine-tuned like the others here)
@@ -26,10 +31,19 @@ Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine
   3. every final model evaluated again with soft-NMS (``--eval-only MODEL.SOFT_NMS.ENABLED True``,
      MODEL.SOFT_NMS.* as configured) -> <run dir>/soft_nms; greedy NMS is the training run's own
      final evaluation;
-  4. <output>/table1.md and table1.json (every raw number, run folders, configs);
-  5. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
-     baseline, the standard fine-tune and PG γ=1 on the first test images) and
-     training_curves.png (losses, rewards and PG weights of every fine-tuning run).
+  4. every row compared with the standard fine-tune of the same NMS, pair by pair: a run's AP
+     minus that of the control run with the same baseline and seed (the same data order; a
+     baseline: minus the mean of the control runs fine-tuned from it). The table gives the mean
+     gain with its 95 % confidence interval from the paired t distribution ("no gain" when it
+     contains 0), the per-pair gains, and a test-image bootstrap: the runs' saved predictions
+     (<run dir>/inference/<test set>/coco_instances_results.json) rescored with COCO AP on
+     --bootstrap N resamples of the test images (default 1000, 0: none), the 2.5-97.5
+     percentiles of the mean paired gain. A row with a run that the control lacks (or the
+     reverse) names it instead of showing a gain;
+  5. <output>/table1.md and table1.json (every raw number, run folders, configs, pairs);
+  6. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
+     first baseline and of the first run of the standard fine-tune and PG γ=1 on the first test
+     images) and training_curves.png (losses, rewards and PG weights of every fine-tuning run).
 
 ``--methods finetune_standard pg_gamma1`` runs only those standard methods (the control always
 runs), e.g. to compare a different fine-tuning schedule cheaply.
@@ -37,7 +51,11 @@ runs), e.g. to compare a different fine-tuning schedule cheaply.
 Overrides after ``--`` apply to every stage (data sets, batch size, ...); --baseline-opts and
 --finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
 finished result is reused, so an interrupted run continues where it stopped when started again
-with the same arguments; delete a run's folder to redo it.
+with the same arguments; delete a run's folder to redo it. So several processes can fill one
+output folder, e.g. one per baseline seed (``--baseline-seeds B``), or one per fine-tune seed
+once the baselines are trained, provided no two run the same stage at the same time (nothing
+locks a stage folder); a last invocation with all the seeds reuses every stage and writes the
+whole table.
 """
 import argparse
 import itertools

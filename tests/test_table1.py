@@ -3,7 +3,9 @@
 The end-to-end test runs the real runner (baseline 8 iterations, each fine-tune 2, one seed) on a
 Pascal-VOC folder of a few images written here, so that each evaluation takes a second. The
 oracles are the files the stages themselves wrote: each run's ``eval_metrics.json`` (what the
-table must show) and ``config.yaml`` (what each method must have trained with).
+table must show) and ``config.yaml`` (what each method must have trained with). The paired
+statistics are checked on hand-computed numbers, the test-image bootstrap against pycocotools run
+directly, the layout of several baselines with the training stages faked.
 """
 import importlib.util
 import json
@@ -195,7 +197,8 @@ def test_raw_json_holds_the_exact_numbers(experiment):
         if row["method"] != "standard fine-tune":
             (pair,) = row["vs_control"]["pairs"]
             (control_dir,) = pair["control_runs"]
-            assert pair["gain"] == metrics["AP"] - _eval_metrics(control_dir)["AP"]
+            assert pair["gain"] == pytest.approx(
+                metrics["AP"] - _eval_metrics(control_dir)["AP"], nan_ok=True)
             assert row["vs_control"]["ci95"] is None and row["vs_control"]["unpaired"] == []
     pg = next(r for r in raw["rows"] if (r["method"], r["nms"]) == ("PG γ=1", "soft-NMS"))
     assert pg["paper"] == {"AP": 38.5, "AP50": 60.8, "AP75": 41.3, "APs": 20.9, "APm": 43.4,
@@ -234,6 +237,35 @@ def test_each_stage_trained_and_evaluated_what_its_row_claims(experiment):
         assert not (run / "soft_nms" / "model_final.pth").exists()  # evaluated, not trained
     records = [json.loads(line) for line in (out / "pg_gamma1" / "seed0" / "metrics.json").open()]
     assert any("pg/mean_weight" in r for r in records)
+
+
+def test_bootstrap_rescores_what_each_evaluation_scored(experiment):
+    """The identity resample of a run's saved predictions is the AP its COCOEvaluator reported,
+    so the bootstrap resamples the evaluation the table shows; a model without detections, for
+    which COCOEvaluator reports NaN, has AP 0."""
+    from pgdet.evaluation import per_image_evaluation, resampled_ap
+    runner = _load_runner()
+    out = experiment["out"]
+    for run_dir in _expected_runs(out).values():
+        ground_truth, predictions = runner.evaluation_files(run_dir, "tiny_val")
+        (ap,) = 100 * resampled_ap(per_image_evaluation(ground_truth, predictions), np.ones((1, 4)))
+        reported = _eval_metrics(run_dir)["AP"]
+        if math.isnan(reported):
+            with open(predictions) as f:
+                assert json.load(f) == [] and ap == 0, run_dir
+        else:
+            assert ap == pytest.approx(reported, abs=1e-9), run_dir
+    table = parse_markdown_table((out / "table1.md").read_text())
+    raw = json.loads((out / "table1.json").read_text())
+    assert raw["bootstrap"] == {"resamples": 1000, "seed": 0}
+    for row in raw["rows"]:
+        cell = table[row["method"], row["nms"]]["ΔAP, test-image bootstrap 95 %"]
+        if row["method"] == "standard fine-tune":
+            assert row["vs_control"] is None and cell == "—"
+            continue
+        low, high = row["vs_control"]["bootstrap95"]
+        assert low <= high
+        assert cell == _unicode_minus(f"[{low:+.1f}, {high:+.1f}]")
 
 
 def test_figures_are_pngs(experiment):
