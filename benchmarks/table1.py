@@ -470,6 +470,7 @@ def _gain_cell(comparison: Comparison) -> str:
 
 
 def _bootstrap_cell(comparison: Optional[Comparison]) -> str:
+    """The test-image bootstrap interval of the gain, or "—" where there is none."""
     if comparison is None or comparison.bootstrap is None:
         return "—"
     low, high = comparison.bootstrap
@@ -641,6 +642,8 @@ def parse_args(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE overrides for every stage, after --")
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error("--bootstrap N needs N >= 0 (0: no bootstrap)")
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     args.output = os.path.abspath(args.output)
     args.baseline_config = os.path.abspath(args.baseline_config)

@@ -132,8 +132,10 @@ def experiment(tmp_path_factory):
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "MODEL.OHEM.BATCH_SIZE_PER_IMAGE", "32",
     ]
-    # one thread per process: on a shared 2-core machine OpenMP spinning makes runs ~5x slower
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # one thread per process: on a shared 2-core machine OpenMP spinning makes runs ~5x slower;
+    # the pgdet of this checkout, not whichever one is installed (e.g. in another worktree)
+    python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     before = file_mtimes(out)
