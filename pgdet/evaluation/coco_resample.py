@@ -138,9 +138,10 @@ def resample_counts(num_images: int, resamples: int, seed: int) -> np.ndarray:
 def resampled_ap(evaluation: PerImageEvaluation, counts: np.ndarray) -> np.ndarray:
     """COCO AP (fraction, not %) on each resample, a row of image multiplicities in `counts`
     ([resamples, images]); NaN for a resample without any ground truth."""
-    chunks = range(0, len(counts), RESAMPLES_PER_CHUNK)
-    return np.concatenate([_resampled_ap_chunk(evaluation, counts[start:start + RESAMPLES_PER_CHUNK])
-                           for start in chunks])
+    starts = range(0, len(counts), RESAMPLES_PER_CHUNK)
+    return np.concatenate([
+        _resampled_ap_chunk(evaluation, counts[start:start + RESAMPLES_PER_CHUNK])
+        for start in starts])
 
 
 def _resampled_ap_chunk(evaluation: PerImageEvaluation, counts: np.ndarray) -> np.ndarray:
