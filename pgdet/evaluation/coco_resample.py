@@ -18,8 +18,11 @@ multiplicities c (one row of `counts`), with:
   true positive before it and a lower precision), so the 101-point precision is the largest
   precision among true positives whose recall reaches each recall threshold, or 0.
 
-With every multiplicity 1 this is COCOeval's accumulate() and summarize() step for step, so the
-identity resample gives the AP that pycocotools (and detectron2's COCOEvaluator) reports.
+With every multiplicity 1 the recall and precision values are COCOeval's own, computed the same
+way, so the identity resample gives bit for bit the AP that pycocotools (and detectron2's
+COCOEvaluator without its C++ extension) reports. A resample gives the AP that COCOeval computes
+on its images copied under new ids, except that detections of equal score in one image may be
+ordered differently (COCOeval would put them copy after copy).
 """
 import contextlib
 import io
