@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Paper Table 1 on any dataset: from one converged baseline, fine-tune with standard training,
-OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate each with greedy NMS and
-soft-NMS; write the table (mean ± std over seeds, the paper's numbers beside) and the pictures.
+"""Paper Table 1 on any dataset: from a converged baseline (or one per baseline seed), fine-tune
+with standard training, OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate
+each with greedy NMS and soft-NMS; write the table (mean ± std over the runs, each method's AP gain
+over the standard fine-tune paired run by run with 95 % intervals, the paper's numbers beside)
+and the pictures.
 
     python benchmarks/table1.py \\
         --baseline-config configs/demo/frcnn_MobileNetV2_FPN_demo.yaml \\
         --finetune-config configs/demo/ft_MobileNetV2_FPN_demo.yaml \\
-        --seeds 0 1 2 --output output/table1_demo --paper-column \\
+        --seeds 0 1 2 --baseline-seeds 0 1 --output output/table1_demo --paper-column \\
         --variants "conditional=MODEL.PG.REWARD_ESTIMATOR conditional" \\
         --grid MODEL.PG.SAMPLE_NMS=False,True MODEL.PG.BASELINE=nms,sampled_mean \\
         -- DATALOADER.NUM_WORKERS 2
 
 Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine/experiment.py):
-  1. the baseline, once: --baseline-config (+ --baseline-opts) -> <output>/baseline;
-  2. for every seed, from <output>/baseline/model_final.pth, --finetune-config (+ --finetune-opts,
-     ``SEED s``) with each method, all on the same schedule -> <output>/<method>/seed<s>:
+  1. the baseline: --baseline-config (+ --baseline-opts) -> <output>/baseline; with
+     --baseline-seeds B1 B2 ..., one baseline per seed B (``SEED B``) -> <output>/baseline_seed<B>;
+  2. for every seed s of --seeds, from each baseline's model_final.pth, --finetune-config
+     (+ --finetune-opts, ``SEED s``) with each method, all on the same schedule ->
+     <output>/<method>/seed<s>, or with --baseline-seeds <output>/<method>/baseline<B>_seed<s>
+     (every seed from every baseline):
        standard fine-tune  MODEL.PG.ENABLED False (the fair control: the same extra iterations
                            without PG; the paper's "standard" row is the baseline itself)
        OHEM                MODEL.ROI_HEADS.NAME OHEMROIHeads (fine-tuned like the others here)
@@ -26,10 +31,19 @@ Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine
   3. every final model evaluated again with soft-NMS (``--eval-only MODEL.SOFT_NMS.ENABLED True``,
      MODEL.SOFT_NMS.* as configured) -> <run dir>/soft_nms; greedy NMS is the training run's own
      final evaluation;
-  4. <output>/table1.md and table1.json (every raw number, run folders, configs);
-  5. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
-     baseline, the standard fine-tune and PG γ=1 on the first test images) and
-     training_curves.png (losses, rewards and PG weights of every fine-tuning run).
+  4. every row compared with the standard fine-tune of the same NMS, pair by pair: a run's AP
+     minus that of the control run with the same baseline and seed (the same data order; a
+     baseline: minus the mean of the control runs fine-tuned from it). The table gives the mean
+     gain with its 95 % confidence interval from the paired t distribution ("no gain" when it
+     contains 0), the per-pair gains, and a test-image bootstrap: the runs' saved predictions
+     (<run dir>/inference/<test set>/coco_instances_results.json) rescored with COCO AP on
+     --bootstrap N resamples of the test images (default 1000, 0: none), the 2.5-97.5
+     percentiles of the mean paired gain. A row with a run that the control lacks (or the
+     reverse) names it instead of showing a gain;
+  5. <output>/table1.md and table1.json (every raw number, run folders, configs, pairs);
+  6. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
+     first baseline and of the first run of the standard fine-tune and PG γ=1 on the first test
+     images) and training_curves.png (losses, rewards and PG weights of every fine-tuning run).
 
 ``--methods finetune_standard pg_gamma1`` runs only those standard methods (the control always
 runs), e.g. to compare a different fine-tuning schedule cheaply.
@@ -37,7 +51,11 @@ runs), e.g. to compare a different fine-tuning schedule cheaply.
 Overrides after ``--`` apply to every stage (data sets, batch size, ...); --baseline-opts and
 --finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
 finished result is reused, so an interrupted run continues where it stopped when started again
-with the same arguments; delete a run's folder to redo it.
+with the same arguments; delete a run's folder to redo it. So several processes can fill one
+output folder, e.g. one per baseline seed (``--baseline-seeds B``), or one per fine-tune seed
+once the baselines are trained, provided no two run the same stage at the same time (nothing
+locks a stage folder); a last invocation with all the seeds reuses every stage and writes the
+whole table.
 """
 import argparse
 import itertools
@@ -50,12 +68,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+from detectron2.data import MetadataCatalog
 
 import pgdet  # noqa: F401  (registers pgdet's components)
 from pgdet.data import register_datasets_from_cfg
 from pgdet.engine import ConfigError, build_cfg
 from pgdet.engine.experiment import METRIC_KEYS, run_stage
 from pgdet.engine.figures import detection_figure, training_curves_figure
+from pgdet.evaluation import per_image_evaluation, resample_counts, resampled_ap
 
 # Paper Table 1 (COCO minival, ResNet-101), keyed by (row, NMS), values in METRIC_KEYS order.
 PAPER = {
@@ -73,9 +93,23 @@ PAPER = {
     },
 }
 BASELINE, CONTROL = "standard (baseline)", "standard fine-tune"
+GAIN_COLUMN = f"ΔAP vs {CONTROL} (paired, 95 % CI)"
+PER_PAIR_COLUMN = "ΔAP per pair"
+BOOTSTRAP_COLUMN = "ΔAP, test-image bootstrap 95 %"
+BOOTSTRAP_SEED = 0  # numpy seed of the test-image resamples (the same draws for every run)
 NMS_TYPES = ("greedy", "soft-NMS")
 SOFT_NMS_DIR = "soft_nms"
 FIGURE_SCORE_THRESH = 0.5  # paper Figure 3: "boxes with the confident scores higher than 0.5"
+# Student's t quantile t_{0.975, df} (two-sided 95 %): scipy.stats.t.ppf(0.975, df) rounded up
+# to 3 decimals, for df 1-30, 40, 60, 120 (scipy is not a pgdet dependency). Between tabulated df
+# the smaller df's (larger) value is used and beyond 120 the df = 120 one (1.980, not the normal
+# 1.960), so an interval is never narrower than the exact one and at most 1.1 % wider.
+T_975 = {
+    1: 12.707, 2: 4.303, 3: 3.183, 4: 2.777, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.307, 9: 2.263,
+    10: 2.229, 11: 2.201, 12: 2.179, 13: 2.161, 14: 2.145, 15: 2.132, 16: 2.120, 17: 2.110,
+    18: 2.101, 19: 2.094, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
+    26: 2.056, 27: 2.052, 28: 2.049, 29: 2.046, 30: 2.043, 40: 2.022, 60: 2.001, 120: 1.980,
+}
 
 
 @dataclass(frozen=True)
@@ -97,9 +131,10 @@ METHODS = (
 
 
 class Run(NamedTuple):
-    seed: Optional[int]  # None: the baseline, trained once with its config's SEED
+    seed: Optional[int]  # the fine-tune's SEED; None: a baseline
     output_dir: str
     metrics: Dict[str, float]  # COCO bbox metrics in %, as in the run's eval_metrics.json
+    baseline: Optional[int] = None  # the --baseline-seeds seed it comes from; None: the only one
 
 
 @dataclass
@@ -197,6 +232,26 @@ def distinct_methods(variants: Sequence[Method], finetune_cfg,
     return methods
 
 
+def baseline_dir(output: str, baseline: Optional[int]) -> str:
+    """<output>/baseline, or <output>/baseline_seed<B> for each B of --baseline-seeds."""
+    return os.path.join(output, "baseline" if baseline is None else f"baseline_seed{baseline}")
+
+
+def finetune_dir(output: str, slug: str, baseline: Optional[int], seed: int) -> str:
+    """<output>/<method>/seed<s>, or <output>/<method>/baseline<B>_seed<s> with --baseline-seeds
+    (every fine-tune seed runs from every baseline)."""
+    run = f"seed{seed}" if baseline is None else f"baseline{baseline}_seed{seed}"
+    return os.path.join(output, slug, run)
+
+
+def run_name(run: Run) -> str:
+    """A run named by its seeds, as the table's notes and the figures name it ("" for the only
+    baseline)."""
+    parts = [] if run.baseline is None else [f"baseline {run.baseline}"]
+    parts += [] if run.seed is None else [f"seed {run.seed}"]
+    return ", ".join(parts)
+
+
 class Progress:
     """Numbers the stages and prints the time elapsed since the experiment began."""
 
@@ -209,44 +264,44 @@ class Progress:
         print(f"\n[table1] stage {self.done}/{self.total} ({elapsed} elapsed): {what}", flush=True)
 
 
-def run_experiment(args, methods: Sequence[Method]) -> Tuple[List[Row], Dict[str, str]]:
-    """Run (or reuse) every stage; return the table rows and the final model of each figure row."""
-    common = list(args.opts)
-    base_opts = common + list(args.baseline_opts)
-    ft_common = common + list(args.finetune_opts)
-    baseline_dir = os.path.join(args.output, "baseline")
-    baseline_weights = os.path.join(baseline_dir, "model_final.pth")
-    progress = Progress(2 + 2 * len(args.seeds) * len(methods))
+def run_experiment(args, methods: Sequence[Method]) -> List[Row]:
+    """Run (or reuse) every stage: each baseline, then every fine-tune seed of every method from
+    it; return the table rows, runs in that order."""
+    base_opts = [*args.opts, *args.baseline_opts]
+    ft_common = [*args.opts, *args.finetune_opts]
+    baselines = args.baseline_seeds or [None]
+    progress = Progress(len(baselines) * (2 + 2 * len(args.seeds) * len(methods)))
     rows = {(m, n): Row(m, n) for m in [BASELINE] + [x.label for x in methods]
             for n in NMS_TYPES}
 
-    def train_and_soft_nms(label, slug, config, opts, out_dir, seed, weights_opts):
+    def train_and_soft_nms(label, name, config, opts, out_dir, seed, baseline, weights_opts=()):
         progress.stage(f"{label}, train + greedy-NMS evaluation -> {out_dir}")
-        metrics = run_stage(slug, config, out_dir, [*opts, *weights_opts], num_gpus=args.num_gpus)
-        rows[label, "greedy"].runs.append(Run(seed, out_dir, metrics))
+        metrics = run_stage(name, config, out_dir, [*opts, *weights_opts], num_gpus=args.num_gpus)
+        rows[label, "greedy"].runs.append(Run(seed, out_dir, metrics, baseline))
         soft_dir = os.path.join(out_dir, SOFT_NMS_DIR)
         progress.stage(f"{label}, soft-NMS evaluation -> {soft_dir}")
         metrics = run_stage(
-            slug + "_soft_nms", config, soft_dir,
+            name + "_soft_nms", config, soft_dir,
             [*opts, "MODEL.WEIGHTS", os.path.join(out_dir, "model_final.pth"),
              "MODEL.SOFT_NMS.ENABLED", "True"],
             num_gpus=args.num_gpus, eval_only=True)
-        rows[label, "soft-NMS"].runs.append(Run(seed, soft_dir, metrics))
+        rows[label, "soft-NMS"].runs.append(Run(seed, soft_dir, metrics, baseline))
 
-    train_and_soft_nms(BASELINE, "baseline", args.baseline_config, base_opts, baseline_dir,
-                       None, [])
-    final_models = {BASELINE: baseline_dir}
-    for seed in args.seeds:
-        for method in methods:
-            out_dir = os.path.join(args.output, method.slug, f"seed{seed}")
-            train_and_soft_nms(
-                method.label, f"{method.slug}_seed{seed}", args.finetune_config,
-                [*ft_common, *method.opts, "SEED", str(seed)], out_dir, seed,
-                ["MODEL.WEIGHTS", baseline_weights])
-            final_models.setdefault(method.label, out_dir)
+    for baseline in baselines:
+        base_dir = baseline_dir(args.output, baseline)
+        seed_opts = [] if baseline is None else ["SEED", str(baseline)]
+        train_and_soft_nms(BASELINE, os.path.basename(base_dir), args.baseline_config,
+                           [*base_opts, *seed_opts], base_dir, None, baseline)
+        for seed in args.seeds:
+            for method in methods:
+                out_dir = finetune_dir(args.output, method.slug, baseline, seed)
+                train_and_soft_nms(
+                    method.label, f"{method.slug}_{os.path.basename(out_dir)}",
+                    args.finetune_config, [*ft_common, *method.opts, "SEED", str(seed)], out_dir,
+                    seed, baseline, ["MODEL.WEIGHTS", os.path.join(base_dir, "model_final.pth")])
     rows = list(rows.values())
     count_no_detections_as_zero(rows)
-    return rows, final_models
+    return rows
 
 
 def count_no_detections_as_zero(rows: Sequence[Row]) -> None:
@@ -265,6 +320,128 @@ def count_no_detections_as_zero(rows: Sequence[Row]) -> None:
                     k: float("nan") if np.isnan(baseline[k]) else 0.0 for k in METRIC_KEYS})
 
 
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df} from :data:`T_975`: the value of the largest tabulated df not above `df`."""
+    return T_975[max(d for d in T_975 if d <= df)]
+
+
+def paired_t_interval(gains: Sequence[float]) -> Optional[Tuple[float, float]]:
+    """95 % confidence interval of the mean of n paired gains: mean ± t_{0.975, n-1}·sd/√n with
+    the sample sd; None for fewer than 2 gains (no spread to measure)."""
+    n = len(gains)
+    if n < 2:
+        return None
+    half_width = t_quantile_975(n - 1) * np.std(gains, ddof=1) / np.sqrt(n)
+    return float(np.mean(gains) - half_width), float(np.mean(gains) + half_width)
+
+
+def _same_pair(run: Run, control_run: Run) -> bool:
+    """A fine-tune pairs with the control run of its baseline and seed (same data order); a
+    baseline (no seed) with every control run fine-tuned from it."""
+    return run.baseline == control_run.baseline and run.seed in (None, control_run.seed)
+
+
+@dataclass
+class Comparison:
+    """A row against the control with the same NMS, pair by pair (see :func:`_same_pair`)."""
+
+    pairs: List[Tuple[Run, List[Run]]]  # each run of the row with its control runs
+    unpaired: List[str]  # why some runs of either side have no partner; empty when all pair
+    bootstrap: Optional[Tuple[float, float]] = None  # see add_image_bootstrap
+
+    def gains(self) -> np.ndarray:
+        """Per pair: the run's AP minus its control runs' (mean) AP."""
+        return np.array([run.metrics["AP"] - np.mean([c.metrics["AP"] for c in controls])
+                         for run, controls in self.pairs])
+
+    def interval(self) -> Optional[Tuple[float, float]]:
+        """The paired t interval of the mean gain; None unless every run pairs."""
+        return None if self.unpaired else paired_t_interval(self.gains())
+
+
+def pair_with_control(row: Row, control: Row) -> Comparison:
+    """Pair the runs of `row` with those of the control; name the runs left without a partner
+    (e.g. a seed that one side has not run) instead of comparing unequal sets of runs."""
+    pairs = [(run, [c for c in control.runs if _same_pair(run, c)]) for run in row.runs]
+    unpaired = [f"no {control.method} run for {run_name(run) or 'the baseline'}"
+                for run, partners in pairs if not partners]
+    unpaired += [f"no {row.method} run for {run_name(c)}" for c in control.runs
+                 if not any(_same_pair(run, c) for run in row.runs)]
+    return Comparison([(run, partners) for run, partners in pairs if partners], unpaired)
+
+
+def compare_with_control(rows: Sequence[Row]) -> Dict[Tuple[str, str], Comparison]:
+    """{(method, NMS): its pairing with the control of the same NMS} for every other row."""
+    control = {r.nms: r for r in rows if r.method == CONTROL}
+    return {(r.method, r.nms): pair_with_control(r, control[r.nms])
+            for r in rows if r.method != CONTROL}
+
+
+def evaluation_files(run_dir: str, dataset: str) -> Tuple[str, str]:
+    """The COCO-format ground truth and predictions that a run's COCOEvaluator scored.
+
+    The evaluator writes ``coco_instances_results.json`` into <run>/inference/<dataset> (the
+    folder of pgdet's Trainer.build_evaluator) and reads the dataset's ``json_file``, or, for a
+    dataset registered without one (Pascal-VOC folders), the COCO conversion it caches there.
+    """
+    folder = os.path.join(run_dir, "inference", dataset)
+    cached = os.path.join(folder, f"{dataset}_coco_format.json")
+    ground_truth = cached if os.path.isfile(cached) else MetadataCatalog.get(dataset).get(
+        "json_file")
+    predictions = os.path.join(folder, "coco_instances_results.json")
+    if not (ground_truth and os.path.isfile(ground_truth) and os.path.isfile(predictions)):
+        raise FileNotFoundError(f"no COCO predictions and ground truth of {dataset} in {folder}")
+    return ground_truth, predictions
+
+
+class ResampledAP:
+    """COCO AP (%) of runs on the same resamples of the test images, computed once per run."""
+
+    def __init__(self, dataset: str, resamples: int):
+        self.dataset, self.resamples = dataset, resamples
+        self.image_ids, self.counts, self.by_run = None, None, {}
+
+    def __call__(self, run: Run) -> np.ndarray:
+        if run.output_dir not in self.by_run:
+            evaluation = per_image_evaluation(*evaluation_files(run.output_dir, self.dataset))
+            if self.counts is None:
+                self.image_ids = evaluation.image_ids
+                self.counts = resample_counts(len(self.image_ids), self.resamples,
+                                              BOOTSTRAP_SEED)
+            if evaluation.image_ids != self.image_ids:
+                raise ValueError(f"{run.output_dir} was evaluated on other images than the "
+                                 "runs before it; the test-image bootstrap needs one test set.")
+            self.by_run[run.output_dir] = 100 * resampled_ap(evaluation, self.counts)
+        return self.by_run[run.output_dir]
+
+
+def bootstrap_interval(comparison: Comparison, resampled: ResampledAP) -> Tuple[float, float]:
+    """2.5 and 97.5 percentiles of the mean paired gain over the resamples: on each resample,
+    every pair's AP difference on the same images, averaged over the pairs."""
+    mean_gain = np.mean([resampled(run) - np.mean([resampled(c) for c in controls], axis=0)
+                         for run, controls in comparison.pairs], axis=0)
+    low, high = np.percentile(mean_gain, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def add_image_bootstrap(comparisons: Dict[Tuple[str, str], Comparison], dataset: str,
+                        resamples: int) -> None:
+    """Set the test-image bootstrap interval of every row whose runs all pair: the spread of the
+    gain that the choice of test images alone causes, which the interval over seeds leaves out.
+    A row whose runs left no COCO predictions (e.g. detectron2's VOC evaluator) gets none."""
+    start, resampled = time.time(), ResampledAP(dataset, resamples)
+    for (method, nms), comparison in comparisons.items():
+        if comparison.unpaired or not comparison.pairs:
+            continue
+        try:
+            comparison.bootstrap = bootstrap_interval(comparison, resampled)
+        except FileNotFoundError as e:
+            print(f"[table1] {method} ({nms}): no test-image bootstrap, {e}", flush=True)
+    print(f"[table1] test-image bootstrap: {resamples} resamples of "
+          f"{len(resampled.image_ids or ())} images, {len(resampled.by_run)} runs, "
+          f"{time.time() - start:.1f} s", flush=True)
+
+
 def _number(value: float, sign: str = "") -> str:
     """One decimal, as the paper prints; "nan" where COCO had nothing to measure (no boxes)."""
     return "nan" if np.isnan(value) else f"{value:{sign}.1f}"
@@ -275,18 +452,49 @@ def _cell(row: Row, key: str) -> str:
     return mean if len(row.runs) == 1 else f"{mean} ± {_number(row.std(key))}"
 
 
-def format_table1(rows: Sequence[Row], paper: Optional[str] = None) -> str:
+def _signed(value: float) -> str:
+    """One decimal with its sign, minus as "−" (U+2212)."""
+    return _number(value, "+").replace("-", "\u2212")
+
+
+def _gain_cell(comparison: Comparison) -> str:
+    """Mean paired gain and its 95 % interval; "no gain" when the interval contains 0."""
+    if comparison.unpaired:
+        return "not paired: " + "; ".join(comparison.unpaired)
+    gains, interval = comparison.gains(), comparison.interval()
+    if interval is None:
+        return f"{_signed(gains.mean())} (1 pair, no CI)" if len(gains) else "—"
+    low, high = interval
+    verdict = " no gain" if low <= 0 <= high else ""
+    return f"{_signed(gains.mean())} [{_signed(low)}, {_signed(high)}]{verdict}"
+
+
+def _bootstrap_cell(comparison: Optional[Comparison]) -> str:
+    """The test-image bootstrap interval of the gain, or "—" where there is none."""
+    if comparison is None or comparison.bootstrap is None:
+        return "—"
+    low, high = comparison.bootstrap
+    return f"[{_signed(low)}, {_signed(high)}]"
+
+
+def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Comparison],
+                  paper: Optional[str] = None) -> str:
     """Markdown table shaped like the paper's Table 1: one line per (method, NMS); COCO metrics as
-    mean ± sample std over seeds; ΔAP against the standard fine-tune with the same NMS (the fair
-    control); the paper's AP of the same row when `paper` ("frcnn" or "fpn") is given."""
-    control = {r.nms: r.mean("AP") for r in rows if r.method == CONTROL}
-    head = ["method", "NMS", "runs", *METRIC_KEYS, f"ΔAP vs {CONTROL}"]
+    mean ± sample std over the runs; the AP gain over the standard fine-tune with the same NMS
+    (the fair control), paired run by run (`comparisons`), and its test-image bootstrap interval
+    when one was computed; the paper's AP of the same row when `paper` ("frcnn" or "fpn") is
+    given."""
+    bootstrapped = any(c.bootstrap for c in comparisons.values())
+    head = ["method", "NMS", "runs", *METRIC_KEYS, GAIN_COLUMN, PER_PAIR_COLUMN]
+    head += [BOOTSTRAP_COLUMN] if bootstrapped else []
     head += [f"paper AP ({paper})"] if paper else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        delta = "—" if row.method == CONTROL else _number(row.mean("AP") - control[row.nms], "+")
+        comparison = comparisons.get((row.method, row.nms))  # None: the control itself
+        per_pair = ", ".join(map(_signed, comparison.gains())) if comparison else ""
         cells = [row.method, row.nms, str(len(row.runs)), *(_cell(row, k) for k in METRIC_KEYS),
-                 delta]
+                 _gain_cell(comparison) if comparison else "—", per_pair or "—"]
+        cells += [_bootstrap_cell(comparison)] if bootstrapped else []
         if paper:
             reference = PAPER[paper].get((row.method, row.nms))
             cells.append(f"{reference[0]:.1f}" if reference else "—")
@@ -294,7 +502,12 @@ def format_table1(rows: Sequence[Row], paper: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
+def _baselines_note(baseline_seeds: Optional[Sequence[int]]) -> str:
+    return "" if not baseline_seeds else (
+        f", each from every baseline (baseline seeds {' '.join(map(str, baseline_seeds))})")
+
+
+def write_report(args, methods, rows, comparisons, soft_nms_cfg, dataset: str) -> str:
     """Write table1.md and table1.json into the output folder; return the markdown."""
     variants = [m for m in methods if m not in METHODS]
     notes = [
@@ -302,14 +515,26 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         "",
         f"Baseline `{args.baseline_config}` (+ `{' '.join(args.baseline_opts)}`), fine-tuned "
         f"with `{args.finetune_config}` (+ `{' '.join(args.finetune_opts)}`), seeds "
-        f"{' '.join(map(str, args.seeds))}; overrides for every stage: `{' '.join(args.opts)}`.",
+        f"{' '.join(map(str, args.seeds))}{_baselines_note(args.baseline_seeds)}; overrides for "
+        f"every stage: `{' '.join(args.opts)}`.",
         "",
-        format_table1(rows, args.paper_column),
+        format_table1(rows, comparisons, args.paper_column),
         "",
         "- Metrics: COCO bbox AP (%) of the final models; mean ± sample standard deviation over "
-        "the runs (one per seed; the baseline is trained once).",
+        "the runs (one per baseline and fine-tune seed; the baseline row: one per baseline).",
         f"- *{BASELINE}* is the converged baseline (the paper's *standard*); *{CONTROL}* trains it "
         "for the same extra iterations without PG: the fair control for every fine-tuned row.",
+        f"- {GAIN_COLUMN}: each run's AP minus that of the control run with the same baseline and "
+        "fine-tune seed (the same data order); the baseline row pairs each baseline with the mean "
+        f"of the control runs fine-tuned from it. *{PER_PAIR_COLUMN}* lists the gains in the "
+        "order of the runs (by baseline, then fine-tune seed). Mean gain and 95 % confidence "
+        "interval of the paired t distribution (t quantile with n − 1 degrees of freedom for n "
+        "pairs); an interval containing 0 is *no gain*; one pair gives no interval.",
+        *([f"- {BOOTSTRAP_COLUMN}: 2.5 and 97.5 percentiles of the mean paired gain over "
+           f"{args.bootstrap} resamples of the test images with replacement (numpy seed "
+           f"{BOOTSTRAP_SEED}; the same images for both runs of a pair), COCO AP recomputed on "
+           "each from the runs' saved predictions: how far the choice of test images alone "
+           "moves the gain."] if any(c.bootstrap for c in comparisons.values()) else []),
         "- A model with no detection at all counts as 0 on every metric the baseline measured "
         "(detectron2's COCOEvaluator reports NaN for it).",
         f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
@@ -327,8 +552,9 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
         f.write(markdown)
     raw = {
         "baseline_config": args.baseline_config, "finetune_config": args.finetune_config,
-        "seeds": args.seeds, "opts": args.opts, "baseline_opts": args.baseline_opts,
-        "finetune_opts": args.finetune_opts, "test_dataset": dataset,
+        "seeds": args.seeds, "baseline_seeds": args.baseline_seeds, "opts": args.opts,
+        "baseline_opts": args.baseline_opts, "finetune_opts": args.finetune_opts,
+        "test_dataset": dataset, "bootstrap": {"resamples": args.bootstrap, "seed": BOOTSTRAP_SEED},
         "methods": {m.label: {"folder": m.slug, "opts": list(m.opts)} for m in methods},
         "rows": [{
             "method": r.method, "nms": r.nms,
@@ -337,6 +563,7 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
             "std": {k: r.std(k) for k in METRIC_KEYS},
             "paper": dict(zip(METRIC_KEYS, PAPER[args.paper_column][r.method, r.nms]))
             if args.paper_column and (r.method, r.nms) in PAPER[args.paper_column] else None,
+            "vs_control": comparison_json(comparisons.get((r.method, r.nms))),
         } for r in rows],
     }
     with open(os.path.join(args.output, "table1.json"), "w") as f:
@@ -344,24 +571,44 @@ def write_report(args, methods, rows, soft_nms_cfg, dataset: str) -> str:
     return markdown
 
 
-def draw_figures(args, methods, final_models: Dict[str, str], ft_cfg, base_cfg, dataset: str):
-    """Figure 3 (baseline, standard fine-tune and PG γ=1 of the first seed, those that ran) and
-    the curves."""
+def comparison_json(comparison: Optional[Comparison]) -> Optional[dict]:
+    """A row's pairing with the control, every number of the table's gain columns (None for the
+    control itself)."""
+    if comparison is None:
+        return None
+    interval = comparison.interval()
+    return {
+        "pairs": [{"baseline": run.baseline, "seed": run.seed, "run": run.output_dir,
+                   "control_runs": [c.output_dir for c in controls], "gain": float(gain)}
+                  for (run, controls), gain in zip(comparison.pairs, comparison.gains())],
+        "unpaired": comparison.unpaired,
+        "mean_gain": float(np.mean(comparison.gains())) if comparison.pairs else None,
+        "t_quantile": t_quantile_975(len(comparison.pairs) - 1) if interval else None,
+        "ci95": list(interval) if interval else None,
+        "no_gain": bool(interval[0] <= 0 <= interval[1]) if interval else None,
+        "bootstrap95": list(comparison.bootstrap) if comparison.bootstrap else None,
+    }
+
+
+def draw_figures(args, methods, rows: Sequence[Row], ft_cfg, base_cfg, dataset: str):
+    """Figure 3 (the first run of the baseline, the standard fine-tune and PG γ=1, those that
+    ran) and the training curves of every fine-tuning run."""
     figures = os.path.join(args.output, "figures")
     method_opts = {m.label: m.opts for m in methods}
+    first_runs = {r.method: r.runs[0] for r in rows if r.nms == "greedy" and r.runs}
     models = []
     for label, make_cfg in ((BASELINE, base_cfg), (CONTROL, ft_cfg), (PG_GAMMA1.label, ft_cfg)):
-        if label not in final_models:
+        if label not in first_runs:
             continue
         cfg = make_cfg(method_opts.get(label, ()))
-        cfg.MODEL.WEIGHTS = os.path.join(final_models[label], "model_final.pth")
+        cfg.MODEL.WEIGHTS = os.path.join(first_runs[label].output_dir, "model_final.pth")
         register_datasets_from_cfg(cfg)
-        seed = "" if label == BASELINE else f", seed {args.seeds[0]}"
-        models.append((label + seed, cfg))
+        name = run_name(first_runs[label])
+        models.append((f"{label}, {name}" if name else label, cfg))
     detection_figure(models, dataset, os.path.join(figures, "figure3_detections.png"),
                      num_images=args.figure_images, score_thresh=FIGURE_SCORE_THRESH)
-    curves = {m.label: [os.path.join(args.output, m.slug, f"seed{s}") for s in args.seeds]
-              for m in methods}
+    curves = {r.method: [run.output_dir for run in r.runs]
+              for r in rows if r.nms == "greedy" and r.method != BASELINE}
     training_curves_figure(curves, os.path.join(figures, "training_curves.png"))
     print(f"[table1] figures written to {figures}", flush=True)
 
@@ -372,7 +619,11 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-config", required=True)
     parser.add_argument("--finetune-config", required=True,
                         help="schedule of every fine-tuning run (e.g. a PG config)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="fine-tune seeds (SEED), each run from every baseline")
+    parser.add_argument("--baseline-seeds", type=int, nargs="+", metavar="B",
+                        help="train one baseline per seed B (SEED B) into <output>/baseline_seed<B>"
+                        " and fine-tune from each; default: one baseline in <output>/baseline")
     parser.add_argument("--output", required=True)
     parser.add_argument("--paper-column", nargs="?", const="frcnn", choices=sorted(PAPER),
                         help="add the paper's AP column (Faster R-CNN rows, or fpn)")
@@ -385,9 +636,14 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage (CPU: gloo)")
     parser.add_argument("--figure-images", type=int, default=4, help="images in Figure 3")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples of the test images for the ΔAP bootstrap interval "
+                        "(0: none)")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="KEY VALUE overrides for every stage, after --")
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error("--bootstrap N needs N >= 0 (0: no bootstrap)")
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     args.output = os.path.abspath(args.output)
     args.baseline_config = os.path.abspath(args.baseline_config)
@@ -415,10 +671,15 @@ def main(argv=None):
     if not cfg.DATASETS.TEST:
         sys.exit("error: the fine-tune config has no DATASETS.TEST; Table 1 needs a test set.")
     os.makedirs(args.output, exist_ok=True)
-    rows, final_models = run_experiment(args, methods)
-    markdown = write_report(args, methods, rows, cfg.MODEL.SOFT_NMS, cfg.DATASETS.TEST[0])
+    rows = run_experiment(args, methods)
+    comparisons = compare_with_control(rows)
+    if args.bootstrap:
+        register_datasets_from_cfg(cfg)  # a COCO-json dataset's ground truth is its json_file
+        add_image_bootstrap(comparisons, cfg.DATASETS.TEST[0], args.bootstrap)
+    markdown = write_report(args, methods, rows, comparisons, cfg.MODEL.SOFT_NMS,
+                            cfg.DATASETS.TEST[0])
     print("\n" + markdown, flush=True)
-    draw_figures(args, methods, final_models, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
+    draw_figures(args, methods, rows, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 The end-to-end test runs the real runner (baseline 8 iterations, each fine-tune 2, one seed) on a
 Pascal-VOC folder of a few images written here, so that each evaluation takes a second. The
 oracles are the files the stages themselves wrote: each run's ``eval_metrics.json`` (what the
-table must show) and ``config.yaml`` (what each method must have trained with).
+table must show) and ``config.yaml`` (what each method must have trained with). The paired
+statistics are checked on hand-computed numbers, the test-image bootstrap against pycocotools run
+directly, the layout of several baselines with the training stages faked.
 """
 import importlib.util
 import json
@@ -33,6 +35,7 @@ RUNS = {
     "PG γ=0": "pg_gamma0/seed0",
     "PG γ=1": "pg_gamma1/seed0",
 }
+GAIN = "ΔAP vs standard fine-tune (paired, 95 % CI)"
 PAPER_AP = {("standard (baseline)", "greedy"): "36.3", ("standard (baseline)", "soft-NMS"): "36.9",
             ("OHEM", "greedy"): "36.9", ("PG γ=0", "greedy"): "37.6", ("PG γ=1", "greedy"): "38.3",
             ("PG γ=1", "soft-NMS"): "38.5"}
@@ -129,8 +132,10 @@ def experiment(tmp_path_factory):
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "MODEL.OHEM.BATCH_SIZE_PER_IMAGE", "32",
     ]
-    # one thread per process: on a shared 2-core machine OpenMP spinning makes runs ~5x slower
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # one thread per process: on a shared 2-core machine OpenMP spinning makes runs ~5x slower;
+    # the pgdet of this checkout, not whichever one is installed (e.g. in another worktree)
+    python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     before = file_mtimes(out)
@@ -170,9 +175,12 @@ def test_table_rows_equal_each_runs_eval_metrics(experiment):
         assert cells["runs"] == "1"
         for key in METRICS:
             assert cells[key] == _fmt(metrics[key]), (label, nms, key)
-        delta = cells["ΔAP vs standard fine-tune"]
-        assert delta == ("—" if label == "standard fine-tune"
-                         else _fmt(metrics["AP"] - control[nms], "+"))
+        if label == "standard fine-tune":
+            assert cells[GAIN] == cells["ΔAP per pair"] == "—"
+        else:  # one seed: one pair, whose gain is the difference of the two runs' AP
+            gain = _unicode_minus(_fmt(metrics["AP"] - control[nms], "+"))
+            assert cells[GAIN] == f"{gain} (1 pair, no CI)"
+            assert cells["ΔAP per pair"] == gain
         assert cells["paper AP (frcnn)"] == PAPER_AP.get((label, nms), "—")
 
 
@@ -187,6 +195,13 @@ def test_raw_json_holds_the_exact_numbers(experiment):
         metrics = _eval_metrics(run["output_dir"])
         assert run["metrics"] == pytest.approx(metrics, nan_ok=True)
         assert run["seed"] == (None if row["method"] == "standard (baseline)" else 0)
+        assert run["baseline"] is None
+        if row["method"] != "standard fine-tune":
+            (pair,) = row["vs_control"]["pairs"]
+            (control_dir,) = pair["control_runs"]
+            assert pair["gain"] == pytest.approx(
+                metrics["AP"] - _eval_metrics(control_dir)["AP"], nan_ok=True)
+            assert row["vs_control"]["ci95"] is None and row["vs_control"]["unpaired"] == []
     pg = next(r for r in raw["rows"] if (r["method"], r["nms"]) == ("PG γ=1", "soft-NMS"))
     assert pg["paper"] == {"AP": 38.5, "AP50": 60.8, "AP75": 41.3, "APs": 20.9, "APm": 43.4,
                            "APl": 52.7}
@@ -226,6 +241,35 @@ def test_each_stage_trained_and_evaluated_what_its_row_claims(experiment):
     assert any("pg/mean_weight" in r for r in records)
 
 
+def test_bootstrap_rescores_what_each_evaluation_scored(experiment):
+    """The identity resample of a run's saved predictions is the AP its COCOEvaluator reported,
+    so the bootstrap resamples the evaluation the table shows; a model without detections, for
+    which COCOEvaluator reports NaN, has AP 0."""
+    from pgdet.evaluation import per_image_evaluation, resampled_ap
+    runner = _load_runner()
+    out = experiment["out"]
+    for run_dir in _expected_runs(out).values():
+        ground_truth, predictions = runner.evaluation_files(run_dir, "tiny_val")
+        (ap,) = 100 * resampled_ap(per_image_evaluation(ground_truth, predictions), np.ones((1, 4)))
+        reported = _eval_metrics(run_dir)["AP"]
+        if math.isnan(reported):
+            with open(predictions) as f:
+                assert json.load(f) == [] and ap == 0, run_dir
+        else:
+            assert ap == pytest.approx(reported, abs=1e-9), run_dir
+    table = parse_markdown_table((out / "table1.md").read_text())
+    raw = json.loads((out / "table1.json").read_text())
+    assert raw["bootstrap"] == {"resamples": 1000, "seed": 0}
+    for row in raw["rows"]:
+        cell = table[row["method"], row["nms"]]["ΔAP, test-image bootstrap 95 %"]
+        if row["method"] == "standard fine-tune":
+            assert row["vs_control"] is None and cell == "—"
+            continue
+        low, high = row["vs_control"]["bootstrap95"]
+        assert low <= high
+        assert cell == _unicode_minus(f"[{low:+.1f}, {high:+.1f}]")
+
+
 def test_figures_are_pngs(experiment):
     for name in ("figure3_detections.png", "training_curves.png"):
         path = experiment["out"] / "figures" / name
@@ -250,18 +294,92 @@ def _row(runner, aps, nms="greedy", method="PG γ=1"):
     return runner.Row(method, nms, runs)
 
 
-def test_mean_and_sample_std_over_seeds():
+def test_mean_and_sample_std_over_seeds_and_no_gain_without_the_controls_seed():
     runner = _load_runner()
     pg_aps, control_aps = [30.0, 31.5, 29.25], [28.0, 28.5]
     rows = [_row(runner, control_aps, method="standard fine-tune"), _row(runner, pg_aps)]
-    table = parse_markdown_table(runner.format_table1(rows))
+    table = parse_markdown_table(runner.format_table1(rows, runner.compare_with_control(rows)))
     cells = table["PG γ=1", "greedy"]
     assert cells["runs"] == "3"
     for i, key in enumerate(METRICS):
         values = [ap + i for ap in pg_aps]
         assert cells[key] == f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-    expected_delta = statistics.mean(pg_aps) - statistics.mean(control_aps)
-    assert cells["ΔAP vs standard fine-tune"] == f"{expected_delta:+.1f}"
+    # seed 2 has no control run: no gain is computed from the unequal sets of runs
+    assert cells[GAIN] == "not paired: no standard fine-tune run for seed 2"
+    assert cells["ΔAP per pair"] == "+2.0, +3.0"  # the seeds that do pair
+
+
+def _keyed_row(runner, aps, method):
+    """A greedy-NMS row of runs {(baseline, seed): AP}."""
+    runs = [runner.Run(seed, f"/{method}/{b}/{seed}", dict.fromkeys(METRICS, ap), b)
+            for (b, seed), ap in aps.items()]
+    return runner.Row(method, "greedy", runs)
+
+
+def _unicode_minus(text):
+    return text.replace("-", "\u2212")
+
+
+def test_paired_t_interval_on_hand_computed_gains():
+    runner = _load_runner()
+    # mean 0.6667, sample sd 0.4509, t_{0.975,2} = 4.303: 0.6667 ± 4.303 · 0.4509 / √3
+    low, high = runner.paired_t_interval([0.2, 0.7, 1.1])
+    assert (low, high) == pytest.approx((-0.4535, 1.7869), abs=1e-4)
+    assert runner.paired_t_interval([0.5]) is None
+    assert runner.paired_t_interval([0.3, 0.3]) == pytest.approx((0.3, 0.3))
+
+
+def test_t_quantiles_match_scipy_and_are_never_too_small():
+    stats = pytest.importorskip("scipy.stats")
+    runner = _load_runner()
+    dfs = np.arange(1, 1000)
+    exact, tabulated = stats.t.ppf(0.975, dfs), np.array([runner.t_quantile_975(d) for d in dfs])
+    assert (tabulated[:30] - exact[:30] < 1e-3).all()  # df 1-30: scipy's value rounded up
+    assert ((exact <= tabulated) & (tabulated <= 1.011 * exact)).all()
+
+
+def test_runs_pair_by_baseline_and_seed_whatever_their_order():
+    runner = _load_runner()
+    control = {(0, 0): 50.0, (0, 1): 51.0, (1, 0): 49.0, (1, 1): 52.0}
+    method = {(1, 1): 52.2, (0, 0): 50.7, (1, 0): 50.1, (0, 1): 51.8}  # gains .2 .7 1.1 .8
+    baselines = {(0, None): 49.5, (1, None): 50.1}  # vs their controls' means 50.5 and 50.5
+    rows = [_keyed_row(runner, aps, label) for aps, label in (
+        (baselines, "standard (baseline)"), (control, "standard fine-tune"), (method, "PG γ=1"))]
+    comparisons = runner.compare_with_control(rows)
+    pg = comparisons["PG γ=1", "greedy"]
+    assert pg.unpaired == []
+    assert pg.gains() == pytest.approx([0.2, 0.7, 1.1, 0.8])
+    assert [c.output_dir for _, (c,) in pg.pairs] == [
+        "/standard fine-tune/1/1", "/standard fine-tune/0/0", "/standard fine-tune/1/0",
+        "/standard fine-tune/0/1"]
+    # mean 0.7, sample sd 0.3742, t_{0.975,3} = 3.182: 0.7 ± 3.182 · 0.3742 / 2 (the runner's
+    # table rounds t up to 3.183)
+    assert pg.interval() == pytest.approx((0.1047, 1.2953), abs=1e-3)
+    assert comparisons["standard (baseline)", "greedy"].gains() == pytest.approx([-1.0, -0.4])
+    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    assert table["PG γ=1", "greedy"][GAIN] == "+0.7 [+0.1, +1.3]"
+    assert table["PG γ=1", "greedy"]["ΔAP per pair"] == "+0.2, +0.7, +1.1, +0.8"
+    # −0.7 ± 12.706 · 0.4243 / √2
+    baseline = table["standard (baseline)", "greedy"]
+    assert baseline[GAIN] == _unicode_minus("-0.7 [-4.5, +3.1] no gain")
+    assert table["standard fine-tune", "greedy"][GAIN] == "—"
+
+
+def test_a_missing_run_is_named_not_paired_around():
+    runner = _load_runner()
+    control = {(0, 0): 50.0, (0, 1): 51.0, (1, 0): 49.0, (1, 1): 52.0}
+    method = {(0, 0): 50.7, (0, 1): 51.6, (1, 0): 50.1}  # (1, 1) did not run
+    extra = {(0, 0): 50.7, (0, 1): 51.6, (1, 0): 50.1, (1, 1): 52.0, (2, 0): 49.0}
+    rows = [_keyed_row(runner, control, "standard fine-tune"),
+            _keyed_row(runner, method, "PG γ=1"), _keyed_row(runner, extra, "OHEM")]
+    comparisons = runner.compare_with_control(rows)
+    pg, ohem = comparisons["PG γ=1", "greedy"], comparisons["OHEM", "greedy"]
+    assert pg.unpaired == ["no PG γ=1 run for baseline 1, seed 1"]
+    assert ohem.unpaired == ["no standard fine-tune run for baseline 2, seed 0"]
+    assert pg.interval() is None and ohem.interval() is None
+    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    assert table["PG γ=1", "greedy"][GAIN] == "not paired: no PG γ=1 run for baseline 1, seed 1"
+    assert table["OHEM", "greedy"]["ΔAP per pair"] == "+0.7, +0.6, +1.1, +0.0"
 
 
 def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
@@ -311,3 +429,249 @@ def test_a_model_without_detections_counts_as_zero_where_the_baseline_measured()
                                              APl=pytest.approx(nan, nan_ok=True))
     assert collapsed.mean("AP") == 0.5 and collapsed.runs[0].metrics["AP"] == 1.0
     assert baseline.runs[0].metrics["AP"] == 50.0
+
+
+def _fake_stages(monkeypatch, runner):
+    """Replace the runner's train_net.py stages by a recorder: nothing trains, and every stage
+    gets a different AP (its position in the order of stages)."""
+    calls = []
+
+    def run_stage(name, config_file, output_dir, opts=(), num_gpus=1, eval_only=False):
+        metrics = {key: float(len(calls)) for key in METRICS}
+        calls.append(dict(name=name, config=config_file, output_dir=output_dir, opts=list(opts),
+                          eval_only=eval_only, metrics=metrics))
+        return metrics
+
+    monkeypatch.setattr(runner, "run_stage", run_stage)
+    return calls
+
+
+def _opt(opts, key):
+    """The value a KEY VALUE override list gives `key` (the last one wins, as in detectron2)."""
+    return [value for k, value in zip(opts[::2], opts[1::2]) if k == key][-1]
+
+
+@pytest.mark.parametrize("baseline_seeds", [None, [3, 4]])
+def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
+        tmp_path, monkeypatch, baseline_seeds):
+    runner = _load_runner()
+    calls = _fake_stages(monkeypatch, runner)
+    argv = ["--baseline-config", "b.yaml", "--finetune-config", "f.yaml", "--seeds", "0", "1",
+            "--output", str(tmp_path), "--methods", "pg_gamma1"]
+    argv += ["--baseline-seeds", *map(str, baseline_seeds)] if baseline_seeds else []
+    args = runner.parse_args(argv + ["--", "SEED", "9"])
+    rows = runner.run_experiment(args, runner.select_methods(args.methods))
+
+    stages = {call["output_dir"]: call for call in calls}
+    baselines = baseline_seeds or [None]
+    assert len(calls) == len(stages) == len(baselines) * 2 * (1 + 2 * 2)
+    expected = {"standard (baseline)": [], "standard fine-tune": [], "PG γ=1": []}
+    for b in baselines:
+        base_dir = str(tmp_path / ("baseline" if b is None else f"baseline_seed{b}"))
+        base = stages[base_dir]
+        assert base["config"] == os.path.abspath("b.yaml") and not base["eval_only"]
+        assert _opt(base["opts"], "SEED") == ("9" if b is None else str(b))
+        expected["standard (baseline)"].append((b, None, base_dir))
+        for folder, label in (("finetune_standard", "standard fine-tune"),
+                              ("pg_gamma1", "PG γ=1")):
+            for s in (0, 1):
+                name = f"seed{s}" if b is None else f"baseline{b}_seed{s}"
+                run_dir = str(tmp_path / folder / name)
+                run = stages[run_dir]
+                assert run["config"] == os.path.abspath("f.yaml") and not run["eval_only"]
+                assert _opt(run["opts"], "SEED") == str(s)
+                assert _opt(run["opts"], "MODEL.WEIGHTS") == os.path.join(base_dir,
+                                                                          "model_final.pth")
+                soft = stages[os.path.join(run_dir, "soft_nms")]
+                assert soft["eval_only"] and _opt(soft["opts"], "MODEL.WEIGHTS") == os.path.join(
+                    run_dir, "model_final.pth")
+                expected[label].append((b, s, run_dir))
+    for row in rows:
+        suffix = [] if row.nms == "greedy" else ["soft_nms"]
+        assert [(r.baseline, r.seed, r.output_dir) for r in row.runs] == [
+            (b, s, os.path.join(d, *suffix)) for b, s, d in expected[row.method]]
+        assert all(r.metrics == stages[r.output_dir]["metrics"] for r in row.runs)
+
+
+# The test-image bootstrap: COCO AP on resampled test images, against pycocotools run directly.
+
+CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+
+
+def _box(image_id, category_id, bbox, **fields):
+    return dict(image_id=image_id, category_id=category_id, bbox=list(bbox), **fields)
+
+
+def _hand_made_coco():
+    """Ground truth and detections with what COCOeval treats specially: a crowd box (ignored),
+    a duplicate detection, matches only at low IoU thresholds, equal scores across and within
+    images, a category without ground truth, an image without ground truth."""
+    ground_truth = [
+        _box(1, 1, (10, 10, 50, 50)), _box(1, 1, (100, 100, 40, 40)),
+        _box(1, 2, (200, 50, 60, 30)),
+        _box(2, 1, (20, 20, 30, 30)), _box(2, 1, (60, 20, 30, 30), iscrowd=1),
+        _box(2, 2, (5, 5, 100, 100)), _box(3, 2, (50, 50, 50, 50)), _box(3, 1, (0, 0, 20, 20)),
+    ]
+    for i, annotation in enumerate(ground_truth):
+        w, h = annotation["bbox"][2:]
+        annotation.update(id=i + 1, area=w * h, iscrowd=annotation.get("iscrowd", 0))
+    detections = [
+        _box(1, 1, (12, 11, 50, 48), score=0.9), _box(1, 1, (100, 100, 40, 40), score=0.8),
+        _box(1, 1, (10, 10, 50, 50), score=0.7), _box(1, 2, (210, 50, 60, 30), score=0.6),
+        _box(1, 3, (0, 0, 10, 10), score=0.5), _box(2, 1, (20, 20, 30, 30), score=0.8),
+        _box(2, 1, (62, 22, 28, 28), score=0.4), _box(2, 2, (5, 5, 80, 80), score=0.9),
+        _box(3, 1, (300, 300, 20, 20), score=0.95), _box(3, 2, (50, 50, 50, 50), score=0.3),
+        _box(3, 2, (52, 52, 50, 50), score=0.3), _box(4, 1, (0, 0, 30, 30), score=0.2),
+    ]
+    images = [{"id": i, "width": 400, "height": 400, "file_name": f"{i}.jpg"} for i in (1, 2, 3, 4)]
+    return {"images": images, "annotations": ground_truth, "categories": CATEGORIES}, detections
+
+
+def _random_ground_truth(rng, num_images=6):
+    """One to three boxes of category 1 or 2 on each of `num_images` images."""
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 300, "height": 300, "file_name": f"{image_id}.jpg"})
+        for _ in range(int(rng.integers(1, 4))):
+            x, y, w, h = (float(v) for v in rng.uniform([0, 0, 20, 20], [200, 200, 90, 90]))
+            annotations.append(_box(image_id, int(rng.integers(1, 3)), (x, y, w, h),
+                                    id=len(annotations) + 1, area=w * h, iscrowd=0))
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def _random_detections(ground_truth, rng):
+    """A model's detections of `ground_truth`: jittered boxes, some with the wrong class, some
+    objects missed, a false positive per image; scores that never tie."""
+    detections = []
+    for annotation in ground_truth["annotations"]:
+        if rng.random() < 0.8:
+            x, y, w, h = annotation["bbox"]
+            jitter = rng.normal(0, 0.15, 4) * [w, h, w, h]
+            category = annotation["category_id"] if rng.random() < 0.8 else 3
+            detections.append(_box(annotation["image_id"], category,
+                                   (x + jitter[0], y + jitter[1], w, h)))
+    detections += [_box(image["id"], int(rng.integers(1, 3)), (250, 250, 30, 30))
+                   for image in ground_truth["images"]]
+    for detection in detections:
+        detection["score"] = float(rng.random())
+    return detections
+
+
+def _pycocotools_ap(ground_truth, detections):
+    """AP@[.5:.95] as pycocotools computes it (and detectron2's COCOEvaluator without its C++)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    coco = COCO()
+    coco.dataset = ground_truth
+    coco.createIndex()
+    coco_eval = COCOeval(coco, coco.loadRes(detections), "bbox")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval.stats[0]
+
+
+def _pycocotools_ap_on_resample(ground_truth, detections, counts):
+    """pycocotools' AP on a resample made real: the i-th image (in id order) copied counts[i]
+    times under new ids, with its ground truth and detections."""
+    images, annotations, copied = [], [], []
+    for image, count in zip(sorted(ground_truth["images"], key=lambda i: i["id"]), counts):
+        for copy in range(int(count)):
+            new_id = image["id"] * 1000 + copy
+            images.append(dict(image, id=new_id))
+            annotations += [dict(a, image_id=new_id) for a in ground_truth["annotations"]
+                            if a["image_id"] == image["id"]]
+            copied += [dict(d, image_id=new_id) for d in detections
+                       if d["image_id"] == image["id"]]
+    annotations = [dict(a, id=i + 1) for i, a in enumerate(annotations)]
+    return _pycocotools_ap(dict(ground_truth, images=images, annotations=annotations), copied)
+
+
+def _write_run(run_dir, dataset, ground_truth, detections):
+    """The files a run's COCOEvaluator leaves for a dataset registered without a json_file."""
+    folder = os.path.join(run_dir, "inference", dataset)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{dataset}_coco_format.json"), "w") as f:
+        json.dump(ground_truth, f)
+    with open(os.path.join(folder, "coco_instances_results.json"), "w") as f:
+        json.dump(detections, f)
+    return str(run_dir)
+
+
+def test_identity_resample_gives_pycocotools_ap_exactly(tmp_path):
+    from pgdet.evaluation import per_image_evaluation, resampled_ap
+    ground_truth, detections = _hand_made_coco()
+    run_dir = _write_run(tmp_path, "hand", ground_truth, detections)
+    runner = _load_runner()
+    evaluation = per_image_evaluation(*runner.evaluation_files(run_dir, "hand"))
+    (ap,) = resampled_ap(evaluation, np.ones((1, 4)))
+    expected = _pycocotools_ap(ground_truth, detections)
+    assert 0.3 < expected < 0.9
+    assert ap == expected  # same operations in the same order: bit for bit
+    no_detections = per_image_evaluation(*runner.evaluation_files(
+        _write_run(tmp_path / "empty", "hand", ground_truth, []), "hand"))
+    assert list(resampled_ap(no_detections, np.array([[1, 1, 1, 1], [0, 0, 4, 0]]))) == [0, 0]
+
+
+def test_resampled_ap_equals_pycocotools_on_the_resample_made_real(tmp_path):
+    from pgdet.evaluation import per_image_evaluation, resample_counts, resampled_ap
+    rng = np.random.default_rng(1)
+    ground_truth = _random_ground_truth(rng)
+    detections = _random_detections(ground_truth, rng)
+    runner = _load_runner()
+    run_dir = _write_run(tmp_path, "random", ground_truth, detections)
+    evaluation = per_image_evaluation(*runner.evaluation_files(run_dir, "random"))
+    counts = resample_counts(6, 5, seed=3)
+    assert (counts.sum(axis=1) == 6).all() and (counts == 0).any() and (counts > 1).any()
+    ap = resampled_ap(evaluation, counts)
+    expected = [_pycocotools_ap_on_resample(ground_truth, detections, c) for c in counts]
+    assert ap == pytest.approx(expected, rel=1e-12)
+    assert len(set(np.round(expected, 9))) == len(expected)  # the resamples do differ
+
+
+def _bootstrap_rows(runner, tmp_path, detections_by_row, ground_truth):
+    """Greedy rows of runs (seed s) whose evaluations left `detections_by_row[label][s]`."""
+    return [runner.Row(label, "greedy", [
+        runner.Run(seed, _write_run(tmp_path / _slug(label) / str(seed), "data", ground_truth,
+                                    detections), dict.fromkeys(METRICS, 50.0))
+        for seed, detections in enumerate(per_seed)]) for label, per_seed in detections_by_row]
+
+
+def _slug(label):
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def test_bootstrap_interval_is_the_spread_of_pycocotools_gains_on_real_resamples(tmp_path):
+    from pgdet.evaluation import resample_counts
+    runner = _load_runner()
+    rng = np.random.default_rng(2)
+    ground_truth = _random_ground_truth(rng)
+    detections = {label: [_random_detections(ground_truth, rng) for seed in (0, 1)]
+                  for label in ("standard fine-tune", "PG γ=1")}
+    rows = _bootstrap_rows(runner, tmp_path, detections.items(), ground_truth)
+    comparisons = runner.compare_with_control(rows)
+    runner.add_image_bootstrap(comparisons, "data", resamples=12)
+
+    counts = resample_counts(6, 12, runner.BOOTSTRAP_SEED)
+    gains = np.mean([[_pycocotools_ap_on_resample(ground_truth, method, c)
+                      - _pycocotools_ap_on_resample(ground_truth, control, c) for c in counts]
+                     for method, control in zip(detections["PG γ=1"],
+                                                detections["standard fine-tune"])], axis=0)
+    expected = np.percentile(100 * gains, [2.5, 97.5])
+    assert comparisons["PG γ=1", "greedy"].bootstrap == pytest.approx(expected, abs=1e-9)
+    assert expected[0] < expected[1]
+
+
+def test_identical_methods_have_a_zero_bootstrap_interval(tmp_path):
+    runner = _load_runner()
+    rng = np.random.default_rng(4)
+    ground_truth = _random_ground_truth(rng)
+    same = [_random_detections(ground_truth, rng)] * 2
+    rows = _bootstrap_rows(runner, tmp_path, [("standard fine-tune", same), ("OHEM", same)],
+                           ground_truth)
+    comparisons = runner.compare_with_control(rows)
+    runner.add_image_bootstrap(comparisons, "data", resamples=1000)
+    assert comparisons["OHEM", "greedy"].bootstrap == (0.0, 0.0)
+    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    assert table["OHEM", "greedy"]["ΔAP, test-image bootstrap 95 %"] == "[+0.0, +0.0]"
+    assert table["standard fine-tune", "greedy"]["ΔAP, test-image bootstrap 95 %"] == "—"
