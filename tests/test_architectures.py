@@ -252,10 +252,14 @@ def test_rpn_predictor_channel_i_means_the_same_stride_relative_anchor_on_every_
         for feature, logits, delta, count in zip(features, objectness, deltas, [3, 3, 3, 6]):
             hidden = F.relu(F.conv2d(feature, head.conv.weight, head.conv.bias, padding=1))
             cls, reg = head.objectness_logits, head.anchor_deltas
-            torch.testing.assert_close(
-                logits, F.conv2d(hidden, cls.weight[:count], cls.bias[:count]))
-            torch.testing.assert_close(
-                delta, F.conv2d(hidden, reg.weight[:4 * count], reg.bias[:4 * count]))
+            # float32 convolutions of large random-network activations: CPU kernels sum in
+            # different orders (1e-3 relative on some machines); a wrong channel slice is O(1) off
+            for got, expected in (
+                (logits, F.conv2d(hidden, cls.weight[:count], cls.bias[:count])),
+                (delta, F.conv2d(hidden, reg.weight[:4 * count], reg.bias[:4 * count])),
+            ):
+                torch.testing.assert_close(got, expected, rtol=2e-3,
+                                           atol=2e-3 * float(expected.abs().max()))
     relative_shapes = []
     for anchors, feature, stride in zip(rpn.anchor_generator(features), features, [4, 8, 16, 32]):
         # anchors are laid out (position, anchor) as the RPN flattens its predictions

@@ -54,9 +54,13 @@ def test_two_processes_gloo_with_policy_gradient(tmp_path):
     log = (out / "log.txt").read_text()
     assert "world size: 2" in log.lower() or "Rank of current process: 1" in log
     records = metrics_records(out)  # detectron2 writes every 20 iterations and at the end
-    assert records[-1]["iteration"] == 2
-    assert all(k in records[-1] for k in ("pg/baseline_reward", "pg/sampled_reward", "pg/mean_weight"))
-    assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records)
+    # a scalar logged only on some iterations (pg/positive_advantage_frac needs a candidate,
+    # which random weights may not give once the ground-truth RoIs are left out) gets its own
+    # record at its last iteration, so the last line is not always the last iteration's
+    last = [r for r in records if r["iteration"] == 2]
+    assert last and all(k in last[0] for k in ("pg/baseline_reward", "pg/sampled_reward",
+                                               "pg/mean_weight", "total_loss"))
+    assert all(torch.isfinite(torch.tensor(r["total_loss"])) for r in records if "total_loss" in r)
 
 
 def _final_state(output_dir):

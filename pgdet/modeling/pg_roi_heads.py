@@ -45,7 +45,7 @@ class PGROIHeads(StandardROIHeads):
         # detectron2 appends the targets to the proposals with all the targets' fields and keeps
         # the proposals' fields, so a field set on both marks where each sampled RoI came from.
         sampled = super().label_and_sample_proposals(
-            [_with_field(p, FROM_GT_FIELD, False, p.objectness_logits.device) for p in proposals],
+            [_with_field(p, FROM_GT_FIELD, False, p.proposal_boxes.device) for p in proposals],
             [_with_field(t, FROM_GT_FIELD, True, t.gt_boxes.device) for t in targets],
         )
         for image_proposals, image_targets in zip(sampled, targets):
