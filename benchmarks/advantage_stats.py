@@ -8,7 +8,7 @@ boxes will be penalized". This script checks that for every choice SPEC §1 leav
 
 It runs a trained detector in training mode (RoI sampling with ground truth, no weight update) on
 the first N batches of its training set, captures the box predictor's inputs to
-:func:`pgdet.modeling.policy_gradient.compute_advantages`, and recomputes the advantages on the
+:func:`pgdet.modeling.pg.policy_gradient.compute_advantages`, and recomputes the advantages on the
 *same* predictor outputs with the *same* random stream under each setting. For the candidates
 it prints: the share of positive advantages, mean and spread of A, the Spearman correlation of A
 with the candidate's localisation quality (IoU of its decoded box with its ground truth) and with
@@ -32,10 +32,10 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 import pgdet  # noqa: F401  (registers pgdet's components)
-import pgdet.modeling.pg_output_layers as pg_output_layers
+import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.data import register_datasets_from_cfg
 from pgdet.engine import Trainer, build_cfg
-from pgdet.modeling.policy_gradient import PGSettings, compute_advantages
+from pgdet.modeling.pg.policy_gradient import PGSettings, compute_advantages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (label, reward estimator, NMS on sampled sets, baseline r')

@@ -26,7 +26,7 @@ import torchvision
 import pycocotools.coco as pycocotools_module
 from pycocotools.cocoeval import COCOeval
 
-from pgdet.modeling.reward import COCO_IOU_THRESHOLDS, image_ap
+from pgdet.modeling.pg.reward import COCO_IOU_THRESHOLDS, image_ap
 
 try:
     import faster_coco_eval

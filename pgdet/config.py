@@ -6,7 +6,7 @@ Call :func:`add_pgdet_config` on ``detectron2.config.get_cfg()`` before merging 
 """
 from detectron2.config import CfgNode as CN
 
-from .modeling.reward import COCO_IOU_THRESHOLDS
+from .modeling.pg.reward import COCO_IOU_THRESHOLDS
 
 
 def add_pgdet_config(cfg):
@@ -103,8 +103,9 @@ def add_pgdet_config(cfg):
     # (the folder holding Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
     _C.DATASETS.VOC_DIRS = []
 
-    # ---- timm backbone + FPN (pgdet/modeling/pretrained_backbone.py; CPU runs, not the paper) ----
-    # Read when MODEL.BACKBONE.NAME is "build_timm_fpn_backbone"; needs pgdet[pretrained].
+    # ---- timm backbone + FPN (CPU runs, not the paper) ----
+    # pgdet/modeling/architectures/pretrained_backbone.py. Read when MODEL.BACKBONE.NAME is
+    # "build_timm_fpn_backbone"; needs pgdet[pretrained].
     _C.MODEL.TIMM = CN()
     # timm architecture, built with features_only=True ("mobilenetv2_100", "tf_efficientnet_lite0").
     _C.MODEL.TIMM.NAME = "mobilenetv2_100"

@@ -21,7 +21,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from pgdet.config import add_pgdet_config
-from pgdet.modeling.ohem_roi_heads import OHEMROIHeads, check_ohem_config
+from pgdet.modeling.comparators.ohem_roi_heads import OHEMROIHeads, check_ohem_config
 
 H, W = 64, 80
 REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)

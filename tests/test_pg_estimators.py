@@ -13,11 +13,11 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES, _coco_ap, _greedy_nms_with_suppressors, _image
 
-import pgdet.modeling.pg_output_layers as pg_output_layers
+import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.config import add_pgdet_config
 from pgdet.modeling import PGROIHeads
-from pgdet.modeling.pg_output_layers import PGFastRCNNOutputLayers
-from pgdet.modeling.policy_gradient import (
+from pgdet.modeling.pg.pg_output_layers import PGFastRCNNOutputLayers
+from pgdet.modeling.pg.policy_gradient import (
     FROM_GT_FIELD, REWARD_ESTIMATORS, PGSettings, _cap_and_nms, compute_advantages,
 )
 

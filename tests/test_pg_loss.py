@@ -20,9 +20,9 @@ from detectron2.utils.events import EventStorage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import pgdet.modeling.pg_output_layers as pg_output_layers
-from pgdet.modeling.pg_output_layers import PGFastRCNNOutputLayers
-from pgdet.modeling.policy_gradient import PGAdvantages, PGSettings, compute_advantages
+import pgdet.modeling.pg.pg_output_layers as pg_output_layers
+from pgdet.modeling.pg.pg_output_layers import PGFastRCNNOutputLayers
+from pgdet.modeling.pg.policy_gradient import PGAdvantages, PGSettings, compute_advantages
 
 NUM_CLASSES = 3
 IMAGE_SIZE = (200, 240)

@@ -22,7 +22,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from pgdet.config import add_pgdet_config
-from pgdet.modeling.pretrained_backbone import (
+from pgdet.modeling.architectures.pretrained_backbone import (
     build_timm_features,
     build_timm_fpn_backbone,
     load_weights_strict,

@@ -15,7 +15,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pgdet.modeling.reward import COCO_IOU_THRESHOLDS, image_ap
+from pgdet.modeling.pg.reward import COCO_IOU_THRESHOLDS, image_ap
 
 NUM_CASES = 320
 TOLERANCE = 1e-6

@@ -15,7 +15,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances
 
 from pgdet.config import add_pgdet_config
-from pgdet.modeling.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
+from pgdet.modeling.comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
 
 
 def _iou(a, b):
@@ -162,7 +162,7 @@ def test_empty_image():
 
 
 def _predictor(soft_nms_enabled):
-    from pgdet.modeling.pg_output_layers import PGFastRCNNOutputLayers
+    from pgdet.modeling.pg.pg_output_layers import PGFastRCNNOutputLayers
 
     cfg = add_pgdet_config(get_cfg())
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3

@@ -1,11 +1,19 @@
-"""pgdet's detectron2 components; importing this package registers them all."""
-from .box_head import StridedConvFCHead
-from .fpn_backbone import build_resnet_dilated_fpn_backbone
-from .ohem_roi_heads import OHEMROIHeads
-from .pg_output_layers import PGFastRCNNOutputLayers
-from .pg_roi_heads import PGROIHeads
-from .pretrained_backbone import build_timm_fpn_backbone
-from .rpn_head import PerLevelAnchorRPNHead
+"""pgdet's detectron2 components, grouped by role; importing this package registers them all.
+
+- ``pg``: the method (reward, advantages, the PG loss and the ROI heads that use it);
+- ``comparators``: what the paper compares it with in Table 1 (soft-NMS, OHEM);
+- ``architectures``: the paper's backbone, RPN head and box head, and a timm backbone.
+"""
+# comparators before pg: OHEM subclasses PGROIHeads and the PG predictor calls soft-NMS, and only
+# this order lets each group finish importing what the other needs.
+from .architectures import (
+    PerLevelAnchorRPNHead,
+    StridedConvFCHead,
+    build_resnet_dilated_fpn_backbone,
+    build_timm_fpn_backbone,
+)
+from .comparators import OHEMROIHeads
+from .pg import PGFastRCNNOutputLayers, PGROIHeads
 
 __all__ = [
     "OHEMROIHeads",

@@ -22,10 +22,10 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
 from .policy_gradient import (
     ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages,
 )
-from .soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
 
 
 def check_pg_config(cfg):

@@ -53,7 +53,7 @@ A credit for a kept box d is the change in AP from *having* d with its detected 
 acts on the RoI's cross-entropy towards its label l, so it enters with sign +1 when d's class
 is l (raising the CE weight raises d's score) and −1 otherwise (the CE pushes d's class down).
 
-All sets of all images are scored by one call of :func:`pgdet.modeling.reward.image_ap`, over a
+All sets of all images are scored by one call of :func:`pgdet.modeling.pg.reward.image_ap`, over a
 per-image *pool* (D's boxes followed by the candidates' boxes) with a membership mask, so IoUs
 with the ground truth are computed once per image and the sequential part of COCO matching runs
 once for the whole batch.

@@ -17,7 +17,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss
 
-from .pg_roi_heads import PGROIHeads
+from ..pg.pg_roi_heads import PGROIHeads
 
 _BOX_IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 

@@ -1,0 +1,21 @@
+"""The method: policy-gradient training of the box classifier (Rao et al. 2018, §3).
+
+- ``reward``: the per-image COCO AP that scores a detection set (SPEC §2);
+- ``policy_gradient``: per-box advantages from sampled detection sets (SPEC §1);
+- ``pg_output_layers``: the box predictor whose classification loss is PG-weighted;
+- ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs.
+"""
+from .pg_output_layers import PGFastRCNNOutputLayers
+from .pg_roi_heads import PGROIHeads
+from .policy_gradient import PGAdvantages, PGSettings, compute_advantages
+from .reward import COCO_IOU_THRESHOLDS, image_ap
+
+__all__ = [
+    "COCO_IOU_THRESHOLDS",
+    "PGAdvantages",
+    "PGFastRCNNOutputLayers",
+    "PGROIHeads",
+    "PGSettings",
+    "compute_advantages",
+    "image_ap",
+]
