@@ -46,7 +46,18 @@ Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine
      images) and training_curves.png (losses, rewards and PG weights of every fine-tuning run).
 
 ``--methods finetune_standard pg_gamma1`` runs only those standard methods (the control always
-runs), e.g. to compare a different fine-tuning schedule cheaply.
+runs), e.g. to compare a different fine-tuning schedule cheaply. ``--no-soft-nms`` skips step 3
+(a tuning sweep on a validation split needs one number per run).
+
+The protocol of benchmarks/RESULTS.md §8 (choose on a validation split, report the test split
+once): run the sweep with ``-- DATASETS.TRAIN "('<train>',)" DATASETS.TEST "('<val>',)"`` into
+one folder and the control's own tuning (e.g. ``--finetune-opts SOLVER.BASE_LR ...``) into
+another, pick by the paired gains on val, then run only the chosen PG configuration and the
+chosen control, with ``--baseline-seeds``, on the config's train/test split.
+
+``--only SLUG SEED`` runs one cell (one method at one seed, from every baseline) and writes no
+table; ``--only baseline`` trains the baselines. Cells are separate processes that can run side
+by side once the baselines exist: that is how a 2-core machine runs two at a time.
 
 Overrides after ``--`` apply to every stage (data sets, batch size, ...); --baseline-opts and
 --finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
@@ -270,14 +281,17 @@ def run_experiment(args, methods: Sequence[Method]) -> List[Row]:
     base_opts = [*args.opts, *args.baseline_opts]
     ft_common = [*args.opts, *args.finetune_opts]
     baselines = args.baseline_seeds or [None]
-    progress = Progress(len(baselines) * (2 + 2 * len(args.seeds) * len(methods)))
+    nms_types = NMS_TYPES[:1] if args.no_soft_nms else NMS_TYPES
+    progress = Progress(len(baselines) * len(nms_types) * (1 + len(args.seeds) * len(methods)))
     rows = {(m, n): Row(m, n) for m in [BASELINE] + [x.label for x in methods]
-            for n in NMS_TYPES}
+            for n in nms_types}
 
     def train_and_soft_nms(label, name, config, opts, out_dir, seed, baseline, weights_opts=()):
         progress.stage(f"{label}, train + greedy-NMS evaluation -> {out_dir}")
         metrics = run_stage(name, config, out_dir, [*opts, *weights_opts], num_gpus=args.num_gpus)
         rows[label, "greedy"].runs.append(Run(seed, out_dir, metrics, baseline))
+        if args.no_soft_nms:
+            return
         soft_dir = os.path.join(out_dir, SOFT_NMS_DIR)
         progress.stage(f"{label}, soft-NMS evaluation -> {soft_dir}")
         metrics = run_stage(
@@ -302,6 +316,21 @@ def run_experiment(args, methods: Sequence[Method]) -> List[Row]:
     rows = list(rows.values())
     count_no_detections_as_zero(rows)
     return rows
+
+
+def run_cell(args, methods: Sequence[Method]) -> None:
+    """--only: the baselines, or one method at one seed from every baseline (stages as
+    run_experiment runs them, so the final table reuses them)."""
+    if args.only == ["baseline"]:
+        args.seeds = []
+    else:
+        slug, seed = args.only[0], int(args.only[1])
+        chosen = [m for m in methods if m.slug == slug]
+        if not chosen:
+            sys.exit(f"error: --only {slug}: no such method; choose from "
+                     f"{[m.slug for m in methods]}")
+        methods, args.seeds = chosen, [seed]
+    run_experiment(args, methods)
 
 
 def count_no_detections_as_zero(rows: Sequence[Row]) -> None:
@@ -636,6 +665,14 @@ def parse_args(argv=None):
     parser.add_argument("--finetune-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage (CPU: gloo)")
     parser.add_argument("--figure-images", type=int, default=4, help="images in Figure 3")
+    parser.add_argument("--only", nargs="+", metavar="SLUG [SEED]",
+                        help="run one cell and write no table: 'baseline' (the baselines), or a "
+                        "method's folder name and a seed; cells are separate processes that can "
+                        "run side by side once the baselines exist, and a final run without "
+                        "--only reuses them all and writes the table")
+    parser.add_argument("--no-soft-nms", action="store_true",
+                        help="greedy NMS only: no soft-NMS evaluation of each model (a tuning "
+                        "sweep on a validation split needs one number per run)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="resamples of the test images for the ΔAP bootstrap interval "
                         "(0: none)")
@@ -644,6 +681,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error("--bootstrap N needs N >= 0 (0: no bootstrap)")
+    if args.only and not (args.only == ["baseline"] or (len(args.only) == 2
+                                                        and args.only[1].isdigit())):
+        parser.error("--only takes 'baseline' or a method folder and a seed, e.g. "
+                     "--only pg_gamma1 0")
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     args.output = os.path.abspath(args.output)
     args.baseline_config = os.path.abspath(args.baseline_config)
@@ -671,6 +712,9 @@ def main(argv=None):
     if not cfg.DATASETS.TEST:
         sys.exit("error: the fine-tune config has no DATASETS.TEST; Table 1 needs a test set.")
     os.makedirs(args.output, exist_ok=True)
+    if args.only:
+        run_cell(args, methods)
+        return
     rows = run_experiment(args, methods)
     comparisons = compare_with_control(rows)
     if args.bootstrap:

@@ -493,6 +493,33 @@ def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
         assert all(r.metrics == stages[r.output_dir]["metrics"] for r in row.runs)
 
 
+def test_no_soft_nms_runs_and_tabulates_greedy_nms_only(tmp_path, monkeypatch):
+    runner = _load_runner()
+    calls = _fake_stages(monkeypatch, runner)
+    args = runner.parse_args(["--baseline-config", "b.yaml", "--finetune-config", "f.yaml",
+                              "--seeds", "0", "1", "--output", str(tmp_path), "--methods",
+                              "pg_gamma1", "--no-soft-nms"])
+    rows = runner.run_experiment(args, runner.select_methods(args.methods))
+    assert len(calls) == 1 + 2 * 2 and not any(call["eval_only"] for call in calls)
+    assert {row.nms for row in rows} == {"greedy"} and len(rows) == 3
+
+
+def test_only_runs_one_cell_in_the_folder_of_the_full_run(tmp_path, monkeypatch):
+    runner = _load_runner()
+    calls = _fake_stages(monkeypatch, runner)
+    demo = os.path.join(REPO, "configs", "demo")
+    common = ["--baseline-config", os.path.join(demo, "frcnn_MobileNetV2_FPN_demo.yaml"),
+              "--finetune-config", os.path.join(demo, "ft_MobileNetV2_FPN_demo.yaml"),
+              "--seeds", "0", "1", "--output", str(tmp_path), "--no-soft-nms",
+              "--variants", "v=MODEL.PG.GAMMA 0.5"]
+    runner.main(common + ["--only", "pg_v", "1"])
+    assert [c["output_dir"] for c in calls] == [str(tmp_path / "baseline"),
+                                               str(tmp_path / "pg_v" / "seed1")]
+    assert _opt(calls[1]["opts"], "MODEL.PG.GAMMA") == "0.5"
+    with pytest.raises(SystemExit):
+        runner.main(common + ["--only", "pg_v"])
+
+
 # The test-image bootstrap: COCO AP on resampled test images, against pycocotools run directly.
 
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
