@@ -2,11 +2,23 @@
 
 Every key pgdet adds to detectron2's config lives here, with what it means and where it comes from
 in Rao et al., "Learning Globally Optimized Object Detector via Policy Gradient" (CVPR 2018).
-Call :func:`add_pgdet_config` on ``detectron2.config.get_cfg()`` before merging a pgdet YAML file.
+:func:`get_pgdet_cfg` is the config every pgdet file is merged into: detectron2's defaults plus
+these keys, able to inherit detectron2's model-zoo configs (``_BASE_: "model_zoo://..."``).
 """
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
+from .model_zoo import ModelZooCfgNode
 from .modeling.pg.reward import COCO_IOU_THRESHOLDS
+
+
+def get_pgdet_cfg():
+    """detectron2's default config plus pgdet's keys, as a :class:`ModelZooCfgNode`, so that a
+    YAML file merged into it may name a detectron2 model-zoo config as its ``_BASE_``.
+
+    The keys are added before the conversion: yacs merges a node only into one of the same type.
+    """
+    return ModelZooCfgNode(add_pgdet_config(get_cfg()))
 
 
 def add_pgdet_config(cfg):

@@ -7,19 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 import pgdet  # noqa: F401  (registers pgdet's components)
-from pgdet.config import add_pgdet_config
+from pgdet import get_pgdet_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))
 
 
 def load(name):
-    cfg = get_cfg()
-    add_pgdet_config(cfg)
+    cfg = get_pgdet_cfg()
     cfg.merge_from_file(str(CONFIG_DIR / name))
     return cfg
 

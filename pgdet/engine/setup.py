@@ -4,13 +4,13 @@ import logging
 import os
 import re
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_pgdet_config
+from ..config import get_pgdet_cfg
 from ..data import check_datasets_exist, register_datasets_from_cfg
+from ..model_zoo import ModelZooConfigNotFoundError
 from .trainer import default_device
 
 logger = logging.getLogger("pgdet")
@@ -60,16 +60,18 @@ def _type_error(error, source):
 def build_cfg(config_file: str = "", opts=()):
     """The run's config: detectron2 defaults + pgdet keys + `config_file` + `opts`, not frozen.
 
-    MODEL.DEVICE is switched from cuda to cpu when no GPU is visible, so the paper's configs run
-    unchanged on a CPU machine.
+    `config_file` may inherit a detectron2 model-zoo config (``_BASE_: "model_zoo://<name>"``,
+    pgdet/model_zoo.py). MODEL.DEVICE is switched from cuda to cpu when no GPU is visible, so the
+    paper's configs run unchanged on a CPU machine.
     """
-    cfg = get_cfg()
-    add_pgdet_config(cfg)
+    cfg = get_pgdet_cfg()
     if config_file:
         if not os.path.isfile(config_file):
             raise ConfigError(f"Config file not found: {config_file}")
         try:
             cfg.merge_from_file(config_file)
+        except ModelZooConfigNotFoundError as e:
+            raise ConfigError(f"{config_file} (or a file it inherits): {e}") from None
         except KeyError as e:
             raise _unknown_key_error(cfg, e, config_file) from None
         except ValueError as e:

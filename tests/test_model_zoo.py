@@ -1,0 +1,74 @@
+"""``_BASE_: "model_zoo://<name>"``: a pgdet YAML inherits detectron2's own model-zoo config.
+
+The oracle is detectron2's loader reading the installed model-zoo file by its real path
+(``detectron2.model_zoo.get_config_file``), with its own relative ``_BASE_``; a model-zoo
+checkpoint is stood in for by a detectron2 model's random weights in the model zoo's ``.pkl``
+format (nothing may be downloaded here).
+"""
+import pytest
+from detectron2.config import get_cfg
+from detectron2.model_zoo import get_config_file
+from test_configs import flatten
+
+import pgdet  # noqa: F401  (registers PGROIHeads)
+from pgdet import add_pgdet_config, get_pgdet_cfg
+from pgdet.engine import ConfigError, build_cfg
+from pgdet.model_zoo import ModelZooConfigNotFoundError
+
+R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
+MASK_R50_FPN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+
+
+def detectron2_loaded(name):
+    """detectron2's defaults + pgdet's keys + the installed model-zoo file, read by detectron2."""
+    cfg = add_pgdet_config(get_cfg())
+    cfg.merge_from_file(get_config_file(name))
+    return cfg
+
+
+def pgdet_loaded(path):
+    """The route of build_cfg and the README: get_pgdet_cfg() + merge_from_file."""
+    cfg = get_pgdet_cfg()
+    cfg.merge_from_file(str(path))
+    return cfg
+
+
+def test_model_zoo_base_is_detectron2s_file_with_its_own_base(tmp_path):
+    (tmp_path / "child.yaml").write_text(f'_BASE_: "model_zoo://{R50_FPN}"\n')
+    loaded = flatten(pgdet_loaded(tmp_path / "child.yaml"))
+    assert loaded == flatten(detectron2_loaded(R50_FPN))
+    # set by the model-zoo file's own _BASE_, ../Base-RCNN-FPN.yaml, and by the file itself
+    assert loaded["MODEL.ROI_HEADS.IN_FEATURES"] == ["p2", "p3", "p4", "p5"]
+    assert loaded["SOLVER.MAX_ITER"] == 270000
+
+
+def test_a_pgdet_file_inheriting_one_that_names_the_model_zoo(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "parent.yaml").write_text(
+        f'_BASE_: "model_zoo://{MASK_R50_FPN}"\nMODEL:\n  ROI_HEADS:\n    NAME: "PGROIHeads"\n')
+    (tmp_path / "sub" / "child.yaml").write_text(
+        '_BASE_: "../parent.yaml"\nSOLVER:\n  BASE_LR: 0.002\n')
+    cfg = pgdet_loaded(tmp_path / "sub" / "child.yaml")
+    expected = detectron2_loaded(MASK_R50_FPN)
+    expected.MODEL.ROI_HEADS.NAME, expected.SOLVER.BASE_LR = "PGROIHeads", 0.002
+    assert flatten(cfg) == flatten(expected)
+    assert cfg.MODEL.MASK_ON
+
+
+def test_unknown_model_zoo_name_names_the_file_and_suggests(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('_BASE_: "model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_9x.yaml"\n')
+    with pytest.raises(ConfigError) as info:
+        build_cfg(str(bad))
+    message = str(info.value)
+    assert str(bad) in message and "faster_rcnn_R_50_FPN_9x.yaml" in message
+    assert "Did you mean COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml" in message
+    with pytest.raises(ModelZooConfigNotFoundError):
+        get_pgdet_cfg().merge_from_file(str(bad))
+
+
+def test_lazyconfig_model_zoo_name_is_refused_clearly(tmp_path):
+    bad = tmp_path / "lazy.yaml"
+    bad.write_text('_BASE_: "model_zoo://new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"\n')
+    with pytest.raises(ConfigError, match="LazyConfig"):
+        build_cfg(str(bad))
