@@ -1,17 +1,21 @@
 """Every config under configs/ loads and builds; the paper configs hold the paper's settings.
 
 The expected values are typed from the paper (Rao et al. 2018 §4.1, supplement Tables 1-2;
-SPEC §3), not read from the YAML files.
+SPEC §3), not read from the YAML files. The model-zoo configs are compared with detectron2's own
+model-zoo files (read by detectron2) and its checkpoint table (``model_zoo.get_checkpoint_url``).
 """
 from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import CfgNode
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import DefaultTrainer
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import Detectron2Handler
 
 import pgdet  # noqa: F401  (registers pgdet's components)
-from pgdet import get_pgdet_cfg
+from pgdet import add_pgdet_config, get_pgdet_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))
@@ -193,3 +197,71 @@ def test_voc_baseline_is_the_coco_baseline_without_roialign_and_15_anchors():
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 20
     assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
     assert cfg.DATASETS.TEST == ("voc_2007_test",)
+
+
+# ---- PG fine-tuning of detectron2's model-zoo checkpoints (configs/model_zoo/) ----
+# config -> the detectron2 model-zoo config it fine-tunes
+MODEL_ZOO = {
+    "model_zoo/pg_faster_rcnn_R_50_FPN_3x.yaml": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+    "model_zoo/pg_faster_rcnn_R_101_FPN_3x.yaml": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+    "model_zoo/pg_faster_rcnn_R_101_DC5_3x.yaml": "COCO-Detection/faster_rcnn_R_101_DC5_3x.yaml",
+    "model_zoo/pg_faster_rcnn_X_101_32x8d_FPN_3x.yaml":
+        "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
+    "model_zoo/pg_mask_rcnn_R_50_FPN_3x.yaml":
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+}
+# the paper's PG stage (§4.1): 22.5k iterations of 16 images, x0.1 after 15k, lr 1/10 of training
+PAPER_STAGE_IMAGES = 22500 * 16
+
+
+def model_zoo_original(name):
+    """detectron2's defaults + pgdet's keys + the installed model-zoo file, read by detectron2."""
+    cfg = add_pgdet_config(get_cfg())
+    cfg.merge_from_file(model_zoo.get_config_file(name))
+    return cfg
+
+
+def test_every_model_zoo_config_is_listed():
+    assert {str(p.relative_to(CONFIG_DIR)) for p in EXPERIMENTS
+            if p.parent.name == "model_zoo"} == set(MODEL_ZOO)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_ZOO))
+def test_model_zoo_config_is_the_model_zoo_model_with_pg_roi_heads(name):
+    allowed = {"MODEL.WEIGHTS", "MODEL.ROI_HEADS.NAME", "MODEL.PG.ENABLED", "SOLVER.BASE_LR",
+               "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", "OUTPUT_DIR"}
+    ours, original = flatten(load(name)), flatten(model_zoo_original(MODEL_ZOO[name]))
+    assert original["MODEL.ROI_HEADS.NAME"] == "StandardROIHeads"
+    assert {k for k in ours if ours[k] != original[k]} == allowed
+    assert (ours["MODEL.ROI_HEADS.NAME"], ours["MODEL.PG.ENABLED"]) == ("PGROIHeads", True)
+    assert ours["OUTPUT_DIR"] == f"output/{name[:-len('.yaml')]}"
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_ZOO))
+def test_model_zoo_config_starts_from_that_models_final_checkpoint(name):
+    weights = load(name).MODEL.WEIGHTS
+    assert weights.startswith(Detectron2Handler.PREFIX)
+    url = Detectron2Handler.S3_DETECTRON2_PREFIX + weights[len(Detectron2Handler.PREFIX):]
+    assert url == model_zoo.get_checkpoint_url(MODEL_ZOO[name])
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_ZOO))
+def test_model_zoo_pg_stage_is_the_papers_scaled_to_the_models_batch(name):
+    """The header's derivation: same images per batch as the model trained with (16, the
+    paper's), so the paper's 22.5k iterations; lr 1/10 of the model's; x0.1 at 2/3."""
+    solver, trained = load(name).SOLVER, model_zoo_original(MODEL_ZOO[name]).SOLVER
+    assert solver.IMS_PER_BATCH == trained.IMS_PER_BATCH == 16
+    assert solver.MAX_ITER * solver.IMS_PER_BATCH == PAPER_STAGE_IMAGES
+    assert solver.BASE_LR == pytest.approx(trained.BASE_LR / 10) == 0.002
+    assert solver.STEPS == (solver.MAX_ITER * 2 // 3,) == (15000,)
+    assert solver.WARMUP_ITERS == 0 and solver.GAMMA == 0.1
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_ZOO))
+def test_model_zoo_batch_is_the_total_over_8_gpus(name):
+    """detectron2 leaves IMS_PER_BATCH and BASE_LR alone on 8 GPUs (REFERENCE_WORLD_SIZE 0) and
+    splits the total over the processes, so --num-gpus 8 gives 2 images per GPU."""
+    cfg = load(name)
+    scaled = DefaultTrainer.auto_scale_workers(cfg, 8)
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SOLVER.BASE_LR) == (16, cfg.SOLVER.BASE_LR)
+    assert scaled.SOLVER.IMS_PER_BATCH // 8 == 2

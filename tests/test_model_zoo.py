@@ -5,25 +5,21 @@ The oracle is detectron2's loader reading the installed model-zoo file by its re
 checkpoint is stood in for by a detectron2 model's random weights in the model zoo's ``.pkl``
 format (nothing may be downloaded here).
 """
+import pickle
+
 import pytest
-from detectron2.config import get_cfg
-from detectron2.model_zoo import get_config_file
-from test_configs import flatten
+import torch
+from detectron2.modeling import build_model
+from test_configs import CONFIG_DIR, flatten, model_zoo_original
 
 import pgdet  # noqa: F401  (registers PGROIHeads)
-from pgdet import add_pgdet_config, get_pgdet_cfg
+from pgdet import get_pgdet_cfg
 from pgdet.engine import ConfigError, build_cfg
+from pgdet.engine.checkpoint import PGCheckpointer
 from pgdet.model_zoo import ModelZooConfigNotFoundError
 
 R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
 MASK_R50_FPN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
-
-
-def detectron2_loaded(name):
-    """detectron2's defaults + pgdet's keys + the installed model-zoo file, read by detectron2."""
-    cfg = add_pgdet_config(get_cfg())
-    cfg.merge_from_file(get_config_file(name))
-    return cfg
 
 
 def pgdet_loaded(path):
@@ -36,7 +32,7 @@ def pgdet_loaded(path):
 def test_model_zoo_base_is_detectron2s_file_with_its_own_base(tmp_path):
     (tmp_path / "child.yaml").write_text(f'_BASE_: "model_zoo://{R50_FPN}"\n')
     loaded = flatten(pgdet_loaded(tmp_path / "child.yaml"))
-    assert loaded == flatten(detectron2_loaded(R50_FPN))
+    assert loaded == flatten(model_zoo_original(R50_FPN))
     # set by the model-zoo file's own _BASE_, ../Base-RCNN-FPN.yaml, and by the file itself
     assert loaded["MODEL.ROI_HEADS.IN_FEATURES"] == ["p2", "p3", "p4", "p5"]
     assert loaded["SOLVER.MAX_ITER"] == 270000
@@ -49,7 +45,7 @@ def test_a_pgdet_file_inheriting_one_that_names_the_model_zoo(tmp_path):
     (tmp_path / "sub" / "child.yaml").write_text(
         '_BASE_: "../parent.yaml"\nSOLVER:\n  BASE_LR: 0.002\n')
     cfg = pgdet_loaded(tmp_path / "sub" / "child.yaml")
-    expected = detectron2_loaded(MASK_R50_FPN)
+    expected = model_zoo_original(MASK_R50_FPN)
     expected.MODEL.ROI_HEADS.NAME, expected.SOLVER.BASE_LR = "PGROIHeads", 0.002
     assert flatten(cfg) == flatten(expected)
     assert cfg.MODEL.MASK_ON
@@ -72,3 +68,24 @@ def test_lazyconfig_model_zoo_name_is_refused_clearly(tmp_path):
     bad.write_text('_BASE_: "model_zoo://new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"\n')
     with pytest.raises(ConfigError, match="LazyConfig"):
         build_cfg(str(bad))
+
+
+def test_a_model_zoo_checkpoint_fills_every_weight_of_the_pg_model(tmp_path):
+    """detectron2's own Mask R-CNN (StandardROIHeads), random weights saved as the model zoo
+    saves them, loads into the PG config's model with nothing missing or left over."""
+    torch.manual_seed(0)
+    source = model_zoo_original(MASK_R50_FPN)
+    source.MODEL.DEVICE = "cpu"
+    reference = build_model(source).state_dict()
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in reference.items()},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    cfg = build_cfg(str(CONFIG_DIR / "model_zoo" / "pg_mask_rcnn_R_50_FPN_3x.yaml"),
+                    ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    assert set(model.state_dict()) == set(reference)
+    PGCheckpointer(model).load(str(path))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
