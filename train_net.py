@@ -12,7 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
 import pgdet  # noqa: F401  (registers pgdet's components and datasets)
-from pgdet.data import DatasetContentError, UnknownDatasetError
+from pgdet.data import DatasetConfigError, DatasetContentError, UnknownDatasetError
 from pgdet.engine import ConfigError, Trainer, setup
 
 
@@ -41,5 +41,6 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetContentError) as e:
+    except (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfigError,
+            DatasetContentError) as e:
         sys.exit(f"error: {e}")

@@ -82,7 +82,7 @@ import numpy as np
 from detectron2.data import MetadataCatalog
 
 import pgdet  # noqa: F401  (registers pgdet's components)
-from pgdet.data import register_datasets_from_cfg
+from pgdet.data import DatasetConfigError, register_datasets_from_cfg
 from pgdet.engine import ConfigError, build_cfg
 from pgdet.engine.experiment import METRIC_KEYS, run_stage
 from pgdet.engine.figures import detection_figure, training_curves_figure
@@ -707,7 +707,10 @@ def main(argv=None):
         methods = distinct_methods(variants, ft_cfg, select_methods(args.methods))
         cfg = ft_cfg(())
         base_cfg(())
-    except ConfigError as e:
+        # a bad DATASETS.* entry stops here, not in the first stage's log; and a COCO-json
+        # test set's ground truth (the bootstrap's) is its json_file
+        register_datasets_from_cfg(cfg)
+    except (ConfigError, DatasetConfigError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if not cfg.DATASETS.TEST:
         sys.exit("error: the fine-tune config has no DATASETS.TEST; Table 1 needs a test set.")
@@ -718,7 +721,6 @@ def main(argv=None):
     rows = run_experiment(args, methods)
     comparisons = compare_with_control(rows)
     if args.bootstrap:
-        register_datasets_from_cfg(cfg)  # a COCO-json dataset's ground truth is its json_file
         add_image_bootstrap(comparisons, cfg.DATASETS.TEST[0], args.bootstrap)
     markdown = write_report(args, methods, rows, comparisons, cfg.MODEL.SOFT_NMS,
                             cfg.DATASETS.TEST[0])

@@ -115,6 +115,12 @@ def add_pgdet_config(cfg):
     # (the folder holding Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
     _C.DATASETS.VOC_DIRS = []
 
+    # ---- COCO-format datasets (e.g. your own export), read with detectron2's COCO loader ----
+    # A list of "name:annotation_json:image_root" strings; each registers dataset `name` with
+    # detectron2's register_coco_instances (category ids mapped to 0..K-1 in sorted order, as
+    # detectron2 maps them; crowd objects kept with iscrowd 1; pgdet/data/coco_json.py).
+    _C.DATASETS.COCO_JSONS = []
+
     # ---- timm backbone + FPN (CPU runs, not the paper) ----
     # pgdet/modeling/architectures/pretrained_backbone.py. Read when MODEL.BACKBONE.NAME is
     # "build_timm_fpn_backbone"; needs pgdet[pretrained].

@@ -1,4 +1,5 @@
-"""pgdet's datasets: the procedurally generated demo, Pascal-VOC folders, and input checks.
+"""pgdet's datasets: the procedurally generated demo, Pascal-VOC folders, COCO json files named
+in the config, and input checks.
 
 ``import pgdet.data`` registers ``pgdet_demo_train`` / ``pgdet_demo_val`` / ``pgdet_demo_tune``
 under the default cache root (nothing is generated until first loaded). A config selects other datasets through:
@@ -6,17 +7,20 @@ under the default cache root (nothing is generated until first loaded). A config
     DATASETS.DEMO.ROOT / DATASETS.DEMO.SEED   where and with which seed the demo is generated
     DATASETS.VOC_DIRS: ["bccd_trainval:/work/shared/data/bccd/BCCD:trainval",
                         "bccd_test:/work/shared/data/bccd/BCCD:test"]
+    DATASETS.COCO_JSONS: ["mydata_train:/data/mydata/train.json:/data/mydata/images"]
 
 and the trainer calls :func:`register_datasets_from_cfg` then
 :func:`check_datasets_exist` on ``DATASETS.TRAIN + DATASETS.TEST``.
 """
 from .checks import (
+    DatasetConfigError,
     DatasetContentError,
     DatasetNotFoundError,
     UnknownDatasetError,
     check_datasets_exist,
     load_training_dicts,
 )
+from .coco_json import parse_coco_json_entry, register_coco_json_dataset
 from .demo import CLASS_NAMES as DEMO_CLASS_NAMES
 from .demo import generate_demo_dataset, register_demo_datasets
 from .mapper import CheckedDatasetMapper, ImageReadError
@@ -24,6 +28,7 @@ from .voc import MalformedAnnotationError, register_voc_dataset
 
 __all__ = [
     "CheckedDatasetMapper",
+    "DatasetConfigError",
     "DatasetContentError",
     "DEMO_CLASS_NAMES",
     "DatasetNotFoundError",
@@ -33,7 +38,9 @@ __all__ = [
     "check_datasets_exist",
     "generate_demo_dataset",
     "load_training_dicts",
+    "parse_coco_json_entry",
     "parse_voc_dir_entry",
+    "register_coco_json_dataset",
     "register_datasets_from_cfg",
     "register_demo_datasets",
     "register_voc_dataset",
@@ -45,7 +52,7 @@ def parse_voc_dir_entry(entry: str):
     name, sep, rest = entry.partition(":")
     dirname, sep2, split = rest.rpartition(":")
     if not (sep and sep2 and name and dirname and split):
-        raise ValueError(
+        raise DatasetConfigError(
             f"DATASETS.VOC_DIRS entry {entry!r} is not 'name:dir:split', "
             "e.g. 'bccd_test:/work/shared/data/bccd/BCCD:test'."
         )
@@ -53,10 +60,13 @@ def parse_voc_dir_entry(entry: str):
 
 
 def register_datasets_from_cfg(cfg) -> None:
-    """(Re)register the demo datasets for DATASETS.DEMO.{ROOT, SEED} and each DATASETS.VOC_DIRS."""
+    """(Re)register the demo datasets for DATASETS.DEMO.{ROOT, SEED}, each DATASETS.VOC_DIRS
+    folder and each DATASETS.COCO_JSONS file."""
     register_demo_datasets(root=cfg.DATASETS.DEMO.ROOT or None, seed=cfg.DATASETS.DEMO.SEED)
     for entry in cfg.DATASETS.VOC_DIRS:
         register_voc_dataset(*parse_voc_dir_entry(entry))
+    for entry in cfg.DATASETS.COCO_JSONS:
+        register_coco_json_dataset(*parse_coco_json_entry(entry))
 
 
 register_demo_datasets()

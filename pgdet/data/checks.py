@@ -31,15 +31,24 @@ def _datasets_root_hint() -> str:
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A registered dataset whose files are missing; the message names the dataset and the path."""
+    """A registered dataset whose files are missing; the message names the dataset and the path,
+    and says what to change (`hint`; by default where detectron2's builtin datasets resolve)."""
 
-    def __init__(self, dataset_name: str, what: str, path: str):
+    def __init__(self, dataset_name: str, what: str, path: str, hint: str = None):
         self.dataset_name, self.what, self.path = dataset_name, what, path
-        super().__init__(
-            f"Dataset '{dataset_name}': its {what} {path} does not exist. {_datasets_root_hint()}. "
-            "Point DETECTRON2_DATASETS at the folder holding detectron2's builtin datasets, or "
-            "register VOC folders with DATASETS.VOC_DIRS ['name:/path/to/VOCdir:split']."
-        )
+        if hint is None:
+            hint = (
+                f"{_datasets_root_hint()}. Point DETECTRON2_DATASETS at the folder holding "
+                "detectron2's builtin datasets, or register VOC folders with DATASETS.VOC_DIRS "
+                "['name:/path/to/VOCdir:split'] and COCO json files with DATASETS.COCO_JSONS "
+                "['name:/path/to/annotations.json:/path/to/images']."
+            )
+        super().__init__(f"Dataset '{dataset_name}': its {what} {path} does not exist. {hint}")
+
+
+class DatasetConfigError(ValueError):
+    """A DATASETS.VOC_DIRS / DATASETS.COCO_JSONS entry that cannot be registered; the message
+    names the key and the entry."""
 
 
 class UnknownDatasetError(KeyError):
@@ -57,7 +66,8 @@ def _unknown_dataset_message(name: str, registered: List[str]) -> str:
         + ("Did you mean: " if close else "Registered datasets include: ")
         + ", ".join(examples)
         + f" ({len(registered)} registered in all). Call pgdet.data.register_datasets_from_cfg"
-        "(cfg) first, and list VOC folders in DATASETS.VOC_DIRS."
+        "(cfg) first, and list VOC folders in DATASETS.VOC_DIRS, COCO json files in "
+        "DATASETS.COCO_JSONS."
     )
 
 
