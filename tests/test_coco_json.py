@@ -38,8 +38,11 @@ SHAPE_OF = {3: 0, 7: 1, 12: 2}  # category id -> test_table1._draw_shape's shape
 
 
 def _ann(ann_id, image_id, category_id, bbox, iscrowd=0):
+    """A COCO annotation of box `bbox` (XYWH) whose polygon is the box's outline."""
+    x, y, w, h = bbox
     return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "area": float(bbox[2] * bbox[3]), "iscrowd": iscrowd}
+            "area": float(w * h), "iscrowd": iscrowd,
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
 
 
 def _register_through_config(name, json_file, image_root):
@@ -146,9 +149,9 @@ def test_train_net_stops_on_a_malformed_entry_with_a_one_line_error(tmp_path):
 
 
 def write_tiny_coco(root, size=128):
-    """train.json (8 images) and val.json (4) over images/, two large shapes per image, with
-    COCO's awkward cases in image 0 of each: a crowd region, and in train a zero-size box, a box
-    outside the image and one reaching past its edge."""
+    """train.json (8 images) and val.json (4) over images/, two large shapes per image (each
+    with its box as polygon), with COCO's awkward cases in image 0 of each: a crowd region, and
+    in train a zero-size box, a box outside the image and one reaching past its edge."""
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     for split, count, code in (("train", 8, 0), ("val", 4, 1)):
         images, annotations = [], []
