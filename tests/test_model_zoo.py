@@ -29,6 +29,19 @@ def pgdet_loaded(path):
     return cfg
 
 
+def model_zoo_checkpoint(name, folder):
+    """detectron2's own model of model-zoo config `name` with random weights, saved as the model
+    zoo saves its checkpoints (numpy arrays under "model" in a pickle): (path, state dict)."""
+    source = model_zoo_original(name)
+    source.MODEL.DEVICE = "cpu"
+    reference = build_model(source).state_dict()
+    path = folder / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in reference.items()},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    return str(path), reference
+
+
 def test_model_zoo_base_is_detectron2s_file_with_its_own_base(tmp_path):
     (tmp_path / "child.yaml").write_text(f'_BASE_: "model_zoo://{R50_FPN}"\n')
     loaded = flatten(pgdet_loaded(tmp_path / "child.yaml"))
@@ -74,18 +87,30 @@ def test_a_model_zoo_checkpoint_fills_every_weight_of_the_pg_model(tmp_path):
     """detectron2's own Mask R-CNN (StandardROIHeads), random weights saved as the model zoo
     saves them, loads into the PG config's model with nothing missing or left over."""
     torch.manual_seed(0)
-    source = model_zoo_original(MASK_R50_FPN)
-    source.MODEL.DEVICE = "cpu"
-    reference = build_model(source).state_dict()
-    path = tmp_path / "model_final.pkl"
-    with open(path, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in reference.items()},
-                     "__author__": "Detectron2 Model Zoo"}, f)
+    path, reference = model_zoo_checkpoint(MASK_R50_FPN, tmp_path)
     cfg = build_cfg(str(CONFIG_DIR / "model_zoo" / "pg_mask_rcnn_R_50_FPN_3x.yaml"),
                     ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     torch.manual_seed(1)
     model = build_model(cfg)
     assert set(model.state_dict()) == set(reference)
-    PGCheckpointer(model).load(str(path))
+    PGCheckpointer(model).load(path)
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+def test_a_model_zoo_checkpoint_on_other_classes_fills_all_but_the_class_layers(tmp_path, caplog):
+    """On a dataset of 5 classes the 80-class checkpoint initialises everything except the
+    class-specific output layers, which detectron2's checkpointer skips with a warning."""
+    path, reference = model_zoo_checkpoint(R50_FPN, tmp_path)
+    cfg = build_cfg(str(CONFIG_DIR / "model_zoo" / "pg_faster_rcnn_R_50_FPN_3x.yaml"),
+                    ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "5"])
+    model = build_model(cfg)
+    with caplog.at_level("WARNING"):
+        PGCheckpointer(model).load(path)
+    loaded = model.state_dict()
+    class_layers = {k for k in reference if k.startswith("roi_heads.box_predictor.")}
+    assert class_layers == {f"roi_heads.box_predictor.{layer}.{p}" for layer in
+                            ("cls_score", "bbox_pred") for p in ("weight", "bias")}
+    assert all(torch.equal(loaded[k], reference[k]) for k in set(reference) - class_layers)
+    assert all(k in caplog.text for k in class_layers)
+
