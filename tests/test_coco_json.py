@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image, ImageDraw
-from test_table1 import SCRIPT, _draw_shape, parse_markdown_table
+from test_table1 import _draw_shape, checkout_env, parse_markdown_table, table1_command
 
 from pgdet import get_pgdet_cfg
 from pgdet.data import (
@@ -140,9 +140,8 @@ def test_train_net_stops_on_a_malformed_entry_with_a_one_line_error(tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
            os.path.join(DEMO, "frcnn_MobileNetV2_FPN_demo.yaml"), "OUTPUT_DIR", str(tmp_path),
            "DATASETS.COCO_JSONS", "['mydata:/no/such/file.json']"]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, cwd=REPO, env=checkout_env(), capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(
         "error: DATASETS.COCO_JSONS entry 'mydata:/no/such/file.json' is not")
@@ -186,24 +185,14 @@ def test_table1_end_to_end_on_a_coco_export(tmp_path):
     write_tiny_coco(str(coco))
     out = tmp_path / "out"
     images = coco / "images"
-    cmd = [
-        sys.executable, SCRIPT,
-        "--baseline-config", os.path.join(DEMO, "frcnn_MobileNetV2_FPN_demo.yaml"),
-        "--finetune-config", os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml"),
-        "--seeds", "0", "--output", str(out), "--methods", "pg_gamma1", "--no-soft-nms",
-        "--bootstrap", "20", "--figure-images", "1",
-        "--baseline-opts", "SOLVER.MAX_ITER", "8",
-        "--finetune-opts", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.02", "--",
+    cmd = table1_command(out, ["--methods", "pg_gamma1", "--no-soft-nms", "--bootstrap", "20",
+                               "--figure-images", "1"], [
         "DATASETS.COCO_JSONS",
         f"['my_train:{coco / 'train.json'}:{images}','my_val:{coco / 'val.json'}:{images}']",
         "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "('my_val',)",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+    run = subprocess.run(cmd, cwd=REPO, env=checkout_env(), capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     rows = parse_markdown_table((out / "table1.md").read_text())

@@ -113,29 +113,41 @@ def file_mtimes(root):
             and not f.startswith("table1")}
 
 
+def checkout_env():
+    """The environment of a test's subprocess: one thread per process (on a shared 2-core
+    machine OpenMP spinning makes runs ~5x slower) and the pgdet of this checkout, not whichever
+    one is installed (e.g. in another worktree)."""
+    python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
+
+
+def table1_command(out, options, data_opts):
+    """The runner on the demo detector with a tiny schedule (baseline 8 iterations, each
+    fine-tune 2, seed 0, 2 images per batch, few RoIs): `options` are the runner's own,
+    `data_opts` the overrides naming the datasets."""
+    return [
+        sys.executable, SCRIPT,
+        "--baseline-config", os.path.join(DEMO, "frcnn_MobileNetV2_FPN_demo.yaml"),
+        "--finetune-config", os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml"),
+        "--seeds", "0", "--output", str(out), *options,
+        "--baseline-opts", "SOLVER.MAX_ITER", "8",
+        "--finetune-opts", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.02", "--", *data_opts,
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+        "MODEL.OHEM.BATCH_SIZE_PER_IMAGE", "32",
+    ]
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("table1")
     voc = str(root / "voc")
     write_tiny_voc(voc)
     out = root / "out"
-    cmd = [
-        sys.executable, SCRIPT,
-        "--baseline-config", os.path.join(DEMO, "frcnn_MobileNetV2_FPN_demo.yaml"),
-        "--finetune-config", os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml"),
-        "--seeds", "0", "--output", str(out), "--paper-column", "--figure-images", "2",
-        "--baseline-opts", "SOLVER.MAX_ITER", "8",
-        "--finetune-opts", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.02", "--",
+    cmd = table1_command(out, ["--paper-column", "--figure-images", "2"], [
         "DATASETS.VOC_DIRS", f"['tiny_train:{voc}:train','tiny_val:{voc}:val']",
-        "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-        "MODEL.OHEM.BATCH_SIZE_PER_IMAGE", "32",
-    ]
-    # one thread per process: on a shared 2-core machine OpenMP spinning makes runs ~5x slower;
-    # the pgdet of this checkout, not whichever one is installed (e.g. in another worktree)
-    python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
+        "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)"])
+    env = checkout_env()
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     before = file_mtimes(out)
