@@ -223,8 +223,7 @@ def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -
     num_classes = prob.shape[1] - 1
     gt_classes = prop.gt_classes
     fg = (gt_classes >= 0) & (gt_classes < num_classes)
-    if prop.has(FROM_GT_FIELD) and not settings.include_gt_proposals:
-        fg = fg & ~prop.get(FROM_GT_FIELD)
+    fg = fg & _test_time_rois(prop, settings)
     # a foreground RoI that D already holds with its ground-truth class
     in_baseline = torch.zeros((len(prop), num_classes), dtype=torch.bool, device=device)
     in_baseline[base_rois, base.pred_classes] = True
@@ -270,18 +269,21 @@ def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -
     )
 
 
+def _test_time_rois(prop: Instances, settings: PGSettings) -> torch.Tensor:
+    """[R_i] bool: the RoIs that the reward may use, i.e. all but the appended ground-truth RoIs
+    (unless ``include_gt_proposals``)."""
+    if prop.has(FROM_GT_FIELD) and not settings.include_gt_proposals:
+        return ~prop.get(FROM_GT_FIELD)
+    return torch.ones(len(prop), dtype=torch.bool, device=prop.gt_classes.device)
+
+
 def _baseline_detections(probs, boxes, proposals, settings: PGSettings):
     """D of every image: detectron2's test-time inference over the RoIs that exist at test time
     (appended ground-truth RoIs left out unless ``include_gt_proposals``).
 
     Returns per image D (Instances) and [|D|] the RoI index of each of its boxes.
     """
-    kept_rois = []
-    for prop in proposals:
-        real = torch.ones(len(prop), dtype=torch.bool, device=probs[0].device)
-        if prop.has(FROM_GT_FIELD) and not settings.include_gt_proposals:
-            real = ~prop.get(FROM_GT_FIELD)
-        kept_rois.append(torch.nonzero(real, as_tuple=True)[0])
+    kept_rois = [torch.nonzero(_test_time_rois(p, settings), as_tuple=True)[0] for p in proposals]
     baseline, baseline_rois = fast_rcnn_inference(
         [b[idx] for b, idx in zip(boxes, kept_rois)],
         [p[idx] for p, idx in zip(probs, kept_rois)],
