@@ -3,8 +3,8 @@
 
 Time: in one process, on one model and one fixed list of batches, full training iterations
 (forward, loss, backward, SGD step) alternate between PG on and PG off (the flag of the same box
-predictor), so both see the same weights' regime, the same data and the same machine load. Prints
-the median of the per-pair ratios PG / standard with its spread (interquartile range), and the
+predictor, or of PGRetinaNet), so both see the same weights' regime, the same data and the same
+machine load. Prints the median of the per-pair ratios PG / standard with its spread (interquartile range), and the
 share of the PG iteration spent computing rewards and advantages (``pg/reward_time``).
 
 Memory: peak resident memory of two fresh processes running the same iterations, one with PG and
@@ -12,6 +12,7 @@ one without (on CUDA: peak allocated memory). Prints the ratio.
 
     .venv/bin/python benchmarks/bench_iteration.py                       # all configs
     .venv/bin/python benchmarks/bench_iteration.py --configs demo --pairs 20
+    .venv/bin/python benchmarks/bench_iteration.py --configs retinanet_demo retinanet_bccd
     .venv/bin/python benchmarks/bench_iteration.py --configs demo bccd \
         --pg-opts MODEL.PG.REWARD_ESTIMATOR swap MODEL.PG.KEPT_BOX_CREDIT True
 
@@ -50,6 +51,11 @@ CONFIGS = {
         "INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
     "R101_FPN": ("configs/frcnn_R101_FPN.yaml", DEMO_DATA + [
         "INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
+    # one-stage: PGRetinaNet, the PG term over the positive anchors (pgdet/modeling/pg/
+    # dense_policy_gradient.py)
+    "retinanet_demo": ("configs/demo/retinanet_MobileNetV2_FPN_demo.yaml",
+                       ["DATASETS.TRAIN", "('pgdet_demo_train',)"]),
+    "retinanet_bccd": ("configs/bccd/retinanet_MobileNetV2_FPN_bccd.yaml", []),
 }
 COMMON = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
           "SOLVER.IMS_PER_BATCH", "2"]
@@ -76,8 +82,16 @@ def setup(name, pg_opts=(), weights=""):
     return model, batches, optimizer
 
 
+def set_pg(model, enabled: bool):
+    """Switch the PG loss of the same model: PGRetinaNet's options or the box predictor's flag."""
+    if hasattr(model, "pg"):
+        model.pg = model.pg._replace(enabled=enabled)
+    else:
+        model.roi_heads.box_predictor.pg_enabled = enabled
+
+
 def step(model, batch, optimizer, storage, pg: bool) -> float:
-    model.roi_heads.box_predictor.pg_enabled = pg
+    set_pg(model, pg)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     start = time.perf_counter()

@@ -29,7 +29,11 @@ def add_pgdet_config(cfg):
     _C.MODEL.PG = CN()
     # Replace the box classifier's cross-entropy by the PG-weighted one. Off: detectron2's exact loss.
     _C.MODEL.PG.ENABLED = False
-    # gamma, the weight of the auxiliary cross-entropy term (eq. 10). 1.0 = "ours (γ=1)", 0.0 = "γ=0".
+    # For the box predictor of PGROIHeads and for PGRetinaNet (pgdet/modeling/pg/
+    # dense_policy_gradient.py: there the candidates are the positive anchors, D is RetinaNet's
+    # inference, and the PG term is a separate -c·A·log σ(x) next to γ · focal loss).
+    # gamma, the weight of the auxiliary cross-entropy term (eq. 10). 1.0 = "ours (γ=1)", 0.0 = "γ=0";
+    # with PGRetinaNet the weight of the focal loss.
     _C.MODEL.PG.GAMMA = 1.0
     # c, the scale of the advantage r(b) - r' (supplement Appendix C, eq. 2; not given in the paper).
     _C.MODEL.PG.REWARD_SCALE = 1.0
@@ -137,4 +141,7 @@ def add_pgdet_config(cfg):
     _C.MODEL.TIMM.FREEZE_AT = 2
     # "FrozenBN": BatchNorm fixed at the loaded statistics (batches are tiny); "BN": trainable.
     _C.MODEL.TIMM.NORM = "FrozenBN"
+    # The FPN's extra coarse levels: "maxpool" = P6 by max-pooling the coarsest P (Faster R-CNN);
+    # "p6p7" = P6, P7 by stride-2 convs from the coarsest timm level (RetinaNet's P3-P7).
+    _C.MODEL.TIMM.TOP_BLOCK = "maxpool"
     return cfg

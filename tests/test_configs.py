@@ -221,9 +221,55 @@ def model_zoo_original(name):
     return cfg
 
 
+# one-stage: config -> the detectron2 model-zoo RetinaNet it fine-tunes with PGRetinaNet
+ONE_STAGE_MODEL_ZOO = {
+    "model_zoo/pg_retinanet_R_50_FPN_3x.yaml": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
+}
+
+
 def test_every_model_zoo_config_is_listed():
     assert {str(p.relative_to(CONFIG_DIR)) for p in EXPERIMENTS
-            if p.parent.name == "model_zoo"} == set(MODEL_ZOO)
+            if p.parent.name == "model_zoo"} == set(MODEL_ZOO) | set(ONE_STAGE_MODEL_ZOO)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STAGE_MODEL_ZOO))
+def test_model_zoo_retinanet_config_is_the_model_with_pg_and_the_papers_stage(name):
+    """detectron2's model with PGRetinaNet, its final checkpoint, and the paper's stage scaled
+    as for the two-stage configs: 22.5k x 16 images, lr 1/10 of the model's, x0.1 at 2/3."""
+    ours, original = flatten(load(name)), flatten(model_zoo_original(ONE_STAGE_MODEL_ZOO[name]))
+    assert original["MODEL.META_ARCHITECTURE"] == "RetinaNet"
+    assert {k for k in ours if ours[k] != original[k]} == {
+        "MODEL.WEIGHTS", "MODEL.META_ARCHITECTURE", "MODEL.PG.ENABLED", "SOLVER.BASE_LR",
+        "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", "OUTPUT_DIR"}
+    assert (ours["MODEL.META_ARCHITECTURE"], ours["MODEL.PG.ENABLED"]) == ("PGRetinaNet", True)
+    assert ours["OUTPUT_DIR"] == f"output/{name[:-len('.yaml')]}"
+    weights = ours["MODEL.WEIGHTS"]
+    url = Detectron2Handler.S3_DETECTRON2_PREFIX + weights[len(Detectron2Handler.PREFIX):]
+    assert url == model_zoo.get_checkpoint_url(ONE_STAGE_MODEL_ZOO[name])
+    assert ours["SOLVER.IMS_PER_BATCH"] == original["SOLVER.IMS_PER_BATCH"] == 16
+    assert ours["SOLVER.MAX_ITER"] * 16 == PAPER_STAGE_IMAGES
+    assert ours["SOLVER.BASE_LR"] == pytest.approx(original["SOLVER.BASE_LR"] / 10) == 0.001
+    assert ours["SOLVER.STEPS"] == (15000,) and ours["SOLVER.WARMUP_ITERS"] == 0
+
+
+@pytest.mark.parametrize("folder,two_stage", [("demo", "MobileNetV2_FPN_demo"),
+                                              ("bccd", "MobileNetV2_FPN_bccd")])
+def test_retinanet_cpu_configs_follow_the_two_stage_protocol(folder, two_stage):
+    """baseline -> standard fine-tune / PG fine-tune: the fine-tunes start from the baseline's
+    final weights on the two-stage fine-tune's schedule and differ only in the PG switch."""
+    names = {stage: f"{folder}/{prefix}retinanet_{two_stage}.yaml"
+             for stage, prefix in (("baseline", ""), ("ft", "ft_"), ("pg", "pg_"))}
+    baseline, ft = load(names["baseline"]), load(names["ft"])
+    assert baseline.MODEL.META_ARCHITECTURE == "PGRetinaNet" and not baseline.MODEL.PG.ENABLED
+    assert baseline.MODEL.RETINANET.IN_FEATURES == ["p3", "p4", "p5", "p6", "p7"]
+    assert ft.MODEL.WEIGHTS == f"{baseline.OUTPUT_DIR}/model_final.pth"
+    assert changed_keys(names["ft"], names["pg"]) <= {"MODEL.PG.ENABLED", "MODEL.PG.GAMMA",
+                                                      "OUTPUT_DIR"}
+    assert load(names["pg"]).MODEL.PG.ENABLED
+    two_stage_ft = load(f"{folder}/ft_{two_stage}.yaml").SOLVER
+    for key in ("IMS_PER_BATCH", "MAX_ITER", "STEPS", "WARMUP_ITERS"):
+        assert ft.SOLVER[key] == two_stage_ft[key], key
+    assert ft.SOLVER.BASE_LR == pytest.approx(baseline.SOLVER.BASE_LR / 10)
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_ZOO))

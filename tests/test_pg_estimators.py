@@ -13,6 +13,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES, _coco_ap, _greedy_nms_with_suppressors, _image
 
+import pgdet.modeling.pg.pg_options as pg_options
 import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.config import add_pgdet_config
 from pgdet.modeling import PGROIHeads
@@ -354,7 +355,7 @@ def test_action_stream_differs_by_rank(monkeypatch):
     predictor = PGFastRCNNOutputLayers(_pg_cfg(5), ShapeSpec(channels=8))
     streams = {}
     for rank in (0, 1):
-        monkeypatch.setattr(pg_output_layers.comm, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(pg_options.comm, "get_rank", lambda rank=rank: rank)
         streams[rank] = [torch.rand(50, generator=predictor._generator("cpu", 7))
                          for _ in range(2)]
     assert torch.equal(*streams[0]) and torch.equal(*streams[1])

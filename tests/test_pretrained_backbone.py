@@ -282,6 +282,26 @@ def test_fpn_levels_have_the_strides_and_channels_rpn_and_roi_heads_expect():
         "p2": (24, 32), "p3": (12, 16), "p4": (6, 8), "p5": (3, 4), "p6": (2, 2)}
 
 
+def test_p6p7_top_block_gives_retinanets_p3_to_p7_from_c5():
+    """RetinaNet's levels, as detectron2's build_retinanet_resnet_fpn_backbone makes them: P6 a
+    3x3 stride-2 conv on C5 (320 MobileNetV2 channels), P7 one on ReLU(P6)."""
+    cfg = _tiny_cfg()
+    cfg.MODEL.TIMM.OUT_INDICES = [2, 3, 4]
+    cfg.MODEL.TIMM.TOP_BLOCK = "p6p7"
+    fpn = build_timm_fpn_backbone(cfg, ShapeSpec(channels=3))
+    assert {k: (v.stride, v.channels) for k, v in fpn.output_shape().items()} == {
+        "p3": (8, 32), "p4": (16, 32), "p5": (32, 32), "p6": (64, 32), "p7": (128, 32)}
+    assert fpn.top_block.p6.in_channels == 320 and fpn.top_block.in_feature == "c5"
+    x = torch.rand(1, 3, 96, 128)
+    out = fpn(x)
+    c5 = fpn.bottom_up(x)["c5"]
+    torch.testing.assert_close(out["p6"], fpn.top_block.p6(c5))
+    torch.testing.assert_close(out["p7"], fpn.top_block.p7(torch.relu(out["p6"])))
+    cfg.MODEL.TIMM.TOP_BLOCK = "p6"
+    with pytest.raises(ValueError, match="MODEL.TIMM.TOP_BLOCK"):
+        build_timm_fpn_backbone(cfg, ShapeSpec(channels=3))
+
+
 def test_lite0_bottom_up_channels():
     # EfficientNet-B0/Lite0 (Tan & Le 2019, Table 1): 24, 40, 112, 320 channels at strides 4..32
     shapes = _features(LITE0).output_shape()

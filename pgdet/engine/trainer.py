@@ -34,7 +34,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.checks import load_training_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
-from ..modeling import PGFastRCNNOutputLayers
+from ..modeling import PGFastRCNNOutputLayers, PGRetinaNet
 from .checkpoint import PGCheckpointer
 
 EVAL_FILE = "eval_metrics.json"  # what pgdet.engine.experiment reads
@@ -54,14 +54,25 @@ class _BatchRecorder:
 
 
 def check_pg_model(cfg, model):
-    """MODEL.PG.ENABLED needs pgdet's box predictor; fail at build time, saying what to change."""
+    """MODEL.PG.ENABLED needs pgdet's box predictor or PGRetinaNet; fail at build time, saying
+    what to change."""
+    if not cfg.MODEL.PG.ENABLED or isinstance(model, PGRetinaNet):
+        return
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
-    if cfg.MODEL.PG.ENABLED and not isinstance(predictor, PGFastRCNNOutputLayers):
+    if not isinstance(predictor, PGFastRCNNOutputLayers):
         raise ValueError(
             f"MODEL.PG.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the box "
             f"predictor {type(predictor).__name__}, which cannot compute the policy gradient. Set "
-            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads)."
+            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads), or "
+            "MODEL.META_ARCHITECTURE to PGRetinaNet for a RetinaNet."
         )
+
+
+def num_classes(cfg) -> int:
+    """The detector's number of classes: RetinaNet's own key, else the ROI heads'."""
+    if cfg.MODEL.META_ARCHITECTURE in ("RetinaNet", "PGRetinaNet"):
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def run_seed(cfg) -> int:
@@ -141,7 +152,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         dataset_dicts = load_training_dicts(
-            cfg.DATASETS.TRAIN, cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            cfg.DATASETS.TRAIN, num_classes(cfg),
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         )
         if not cfg.DATALOADER.EXACT_RESUME:

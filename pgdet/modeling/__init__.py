@@ -1,6 +1,7 @@
 """pgdet's detectron2 components, grouped by role; importing this package registers them all.
 
-- ``pg``: the method (reward, advantages, the PG loss and the ROI heads that use it);
+- ``pg``: the method (reward, advantages, the PG loss, and the ROI heads and RetinaNet that
+  use it);
 - ``comparators``: what the paper compares it with in Table 1 (soft-NMS, OHEM);
 - ``architectures``: the paper's backbone, RPN head and box head, and a timm backbone.
 """
@@ -13,12 +14,13 @@ from .architectures import (
     build_timm_fpn_backbone,
 )
 from .comparators import OHEMROIHeads
-from .pg import PGFastRCNNOutputLayers, PGROIHeads
+from .pg import PGFastRCNNOutputLayers, PGRetinaNet, PGROIHeads
 
 __all__ = [
     "OHEMROIHeads",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
+    "PGRetinaNet",
     "PerLevelAnchorRPNHead",
     "StridedConvFCHead",
     "build_resnet_dilated_fpn_backbone",

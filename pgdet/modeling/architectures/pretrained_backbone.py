@@ -27,7 +27,7 @@ from typing import Dict, List
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -212,25 +212,40 @@ def build_timm_features(name: str, out_indices, in_channels: int, weights: str, 
     return TimmFeatureExtractor(body)
 
 
+def _top_block(name: str, in_features: List[str], bottom_up: TimmFeatureExtractor,
+               out_channels: int) -> nn.Module:
+    """The FPN's extra coarse levels (MODEL.TIMM.TOP_BLOCK): "maxpool", P6 by max-pooling the
+    coarsest p<k> (Faster R-CNN's RPN), or "p6p7", P6 and P7 by stride-2 convs from the coarsest
+    c<k> (RetinaNet, as detectron2's ``build_retinanet_resnet_fpn_backbone`` does from res5)."""
+    if name == "maxpool":
+        block = LastLevelMaxPool()
+        block.in_feature = "p" + in_features[-1][len("c"):]  # pool the coarsest level, c<k> → p<k>
+        return block
+    if name == "p6p7":
+        coarsest = in_features[-1]
+        return LastLevelP6P7(bottom_up.output_shape()[coarsest].channels, out_channels,
+                             in_feature=coarsest)
+    raise ValueError(f"MODEL.TIMM.TOP_BLOCK must be 'maxpool' or 'p6p7', not {name!r}.")
+
+
 @BACKBONE_REGISTRY.register()
 def build_timm_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """timm feature extractor (MODEL.TIMM) + detectron2's FPN with a max-pooled P6.
+    """timm feature extractor (MODEL.TIMM) + detectron2's FPN with extra coarse levels.
 
     FPN runs over MODEL.FPN.IN_FEATURES (default: every level of MODEL.TIMM.OUT_INDICES); with
-    OUT_INDICES [1, 2, 3, 4] it returns p2..p6 at strides 4..64, MODEL.FPN.OUT_CHANNELS each — the
-    names detectron2's standard FPN configs give RPN and ROI heads.
+    OUT_INDICES [1, 2, 3, 4] and TOP_BLOCK "maxpool" it returns p2..p6 at strides 4..64, the names
+    detectron2's standard FPN configs give RPN and ROI heads; with [2, 3, 4] and "p6p7", RetinaNet's
+    p3..p7 at strides 8..128. MODEL.FPN.OUT_CHANNELS each.
     """
     t = cfg.MODEL.TIMM
     bottom_up = build_timm_features(t.NAME, t.OUT_INDICES, input_shape.channels, t.WEIGHTS, t.NORM,
                                     t.FREEZE_AT)
     in_features = cfg.MODEL.FPN.IN_FEATURES or bottom_up._out_features
-    top_block = LastLevelMaxPool()
-    top_block.in_feature = "p" + in_features[-1][len("c"):]  # pool the coarsest level, c<k> → p<k>
     return FPN(
         bottom_up=bottom_up,
         in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=top_block,
+        top_block=_top_block(t.TOP_BLOCK, in_features, bottom_up, cfg.MODEL.FPN.OUT_CHANNELS),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

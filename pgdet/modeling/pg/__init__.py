@@ -3,9 +3,13 @@
 - ``reward``: the per-image COCO AP that scores a detection set (SPEC §2);
 - ``policy_gradient``: per-box advantages from sampled detection sets (SPEC §1);
 - ``pg_output_layers``: the box predictor whose classification loss is PG-weighted;
-- ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs.
+- ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs;
+- ``dense_policy_gradient``: the same method for one-stage detectors (sigmoid classifiers);
+- ``pg_retinanet``: the registered RetinaNet that uses it;
+- ``pg_options``: the MODEL.PG options, action stream and logging every family shares.
 """
 from .pg_output_layers import PGFastRCNNOutputLayers
+from .pg_retinanet import PGRetinaNet
 from .pg_roi_heads import PGROIHeads
 from .policy_gradient import PGAdvantages, PGSettings, compute_advantages
 from .reward import COCO_IOU_THRESHOLDS, image_ap
@@ -15,6 +19,7 @@ __all__ = [
     "PGAdvantages",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
+    "PGRetinaNet",
     "PGSettings",
     "compute_advantages",
     "image_ap",

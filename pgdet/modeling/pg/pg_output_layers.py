@@ -19,55 +19,11 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
-from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
-from .policy_gradient import (
-    ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages,
-)
-
-
-def check_pg_config(cfg):
-    """Fail at build time, naming the key, when a MODEL.PG option cannot work."""
-    pg = cfg.MODEL.PG
-    problems = []
-    if pg.NUM_SAMPLES < 1:
-        problems.append(f"MODEL.PG.NUM_SAMPLES must be >= 1 (k actions per image), got {pg.NUM_SAMPLES}")
-    if pg.GAMMA < 0:
-        problems.append(f"MODEL.PG.GAMMA must be >= 0 (weight of cross-entropy), got {pg.GAMMA}")
-    if pg.REWARD_SCALE < 0:
-        problems.append(f"MODEL.PG.REWARD_SCALE must be >= 0, got {pg.REWARD_SCALE}")
-    if len(pg.IOU_THRESHOLDS) == 0 or not all(0 < t <= 1 for t in pg.IOU_THRESHOLDS):
-        problems.append(
-            f"MODEL.PG.IOU_THRESHOLDS must be a non-empty list of values in (0, 1], "
-            f"got {list(pg.IOU_THRESHOLDS)}"
-        )
-    if pg.MAX_DETECTIONS < 1:
-        problems.append(f"MODEL.PG.MAX_DETECTIONS must be >= 1, got {pg.MAX_DETECTIONS}")
-    if pg.REWARD_ESTIMATOR not in REWARD_ESTIMATORS:
-        problems.append(
-            f"MODEL.PG.REWARD_ESTIMATOR must be one of {REWARD_ESTIMATORS}, got {pg.REWARD_ESTIMATOR!r}"
-        )
-    if pg.BASELINE not in BASELINES:
-        problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {pg.BASELINE!r}")
-    if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
-        problems.append(
-            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
-        )
-    if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
-        problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
-                        "candidate: it needs MODEL.PG.REWARD_ESTIMATOR swap")
-    if pg.REWARD_ESTIMATOR == "reinforce" and pg.NUM_SAMPLES < 2:
-        problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
-                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {pg.NUM_SAMPLES}")
-    if pg.REWARD_ESTIMATOR == "swap" and pg.BASELINE != "nms":
-        problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
-                        "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
-    if pg.ENABLED and cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False):
-        problems.append("MODEL.PG.ENABLED needs softmax scores: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
-    if problems:
-        raise ValueError("Invalid policy-gradient config:\n  " + "\n  ".join(problems))
+from .pg_options import action_generator, log_pg_stats, pg_options_from_cfg
+from .policy_gradient import PGSettings, compute_advantages
 
 
 class NonFiniteOutputsError(FloatingPointError):
@@ -136,31 +92,16 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        check_pg_config(cfg)
+        pg = pg_options_from_cfg(cfg, cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+                                 cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
         check_soft_nms_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        pg = cfg.MODEL.PG
         ret.update(
-            pg_enabled=pg.ENABLED,
-            pg_gamma=pg.GAMMA,
-            pg_reward_scale=pg.REWARD_SCALE,
-            pg_settings=PGSettings(
-                num_samples=pg.NUM_SAMPLES,
-                reward_estimator=pg.REWARD_ESTIMATOR,
-                sample_nms=pg.SAMPLE_NMS,
-                baseline=pg.BASELINE,
-                iou_thresholds=tuple(pg.IOU_THRESHOLDS),
-                max_detections=pg.MAX_DETECTIONS,
-                test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-                test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
-                include_gt_proposals=pg.INCLUDE_GT_PROPOSALS,
-                kept_box_credit=pg.KEPT_BOX_CREDIT,
-                suppressor_credit=pg.SUPPRESSOR_CREDIT,
-                advantage_norm=pg.ADVANTAGE_NORM,
-            ),
-            # SEED < 0 means "random" in detectron2: the Trainer resolves it to the run's drawn
-            # seed before building the model; a model built elsewhere draws its own.
-            pg_seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
+            pg_enabled=pg.enabled,
+            pg_gamma=pg.gamma,
+            pg_reward_scale=pg.reward_scale,
+            pg_settings=pg.settings,
+            pg_seed=pg.seed,
             soft_nms=None
             if not cfg.MODEL.SOFT_NMS.ENABLED
             else dict(
@@ -174,9 +115,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def _generator(self, device, iteration: int) -> torch.Generator:
         """The random stream of one iteration on this process (see pg_seed)."""
-        gen = torch.Generator(device=device)
-        gen.manual_seed((self.pg_seed * 1_000_003 + iteration) * 1_009 + comm.get_rank())
-        return gen
+        return action_generator(self.pg_seed, device, iteration)
 
     def losses(self, predictions, proposals: List[Instances]):
         if not self.pg_enabled:
@@ -209,25 +148,9 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 self._generator(scores.device, storage.iter),
             )
             weights = self.pg_reward_scale * pg.advantages + self.pg_gamma
-        self._log_pg_stats(storage, pg, weights, time.perf_counter() - start)
+        log_pg_stats(storage, pg, weights, time.perf_counter() - start)
         per_roi = F.cross_entropy(scores, gt_classes, reduction="none")
         return (weights * per_roi).sum() / max(gt_classes.numel(), 1)
-
-    @staticmethod
-    def _log_pg_stats(storage, pg, weights, seconds):
-        """Per-iteration PG statistics for the console, metrics.json and TensorBoard."""
-        if pg.baseline_reward.numel():
-            storage.put_scalar("pg/baseline_reward", pg.baseline_reward.mean().item())
-            storage.put_scalar("pg/sampled_reward", pg.sampled_reward.mean().item())
-        if pg.candidate_mask.any():
-            storage.put_scalar(
-                "pg/positive_advantage_frac",
-                (pg.advantages[pg.candidate_mask] > 0).float().mean().item(),
-            )
-        if weights.numel():
-            storage.put_scalar("pg/mean_weight", weights.mean().item())
-            storage.put_scalar("pg/negative_weight_frac", (weights < 0).float().mean().item())
-        storage.put_scalar("pg/reward_time", seconds, smoothing_hint=True)
 
     def inference(self, predictions, proposals: List[Instances]):
         if self.soft_nms is None:

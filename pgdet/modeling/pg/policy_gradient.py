@@ -53,6 +53,11 @@ A credit for a kept box d is the change in AP from *having* d with its detected 
 acts on the RoI's cross-entropy towards its label l, so it enters with sign +1 when d's class
 is l (raising the CE weight raises d's score) and −1 otherwise (the CE pushes d's class down).
 
+The detector-agnostic part is :func:`advantages_of_images`: it takes, per image, D and the
+candidates, each tied to a *slot* (the loss term its advantage weights: a RoI's cross-entropy
+here, an (anchor, class) logit in ``dense_policy_gradient``), and returns advantages per slot.
+:func:`compute_advantages` builds those inputs for a two-stage detector's sampled RoIs.
+
 All sets of all images are scored by one call of :func:`pgdet.modeling.pg.reward.image_ap`, over a
 per-image *pool* (D's boxes followed by the candidates' boxes) with a membership mask, so IoUs
 with the ground truth are computed once per image and the sequential part of COCO matching runs
@@ -116,24 +121,39 @@ class PGAdvantages:
     candidate_mask: torch.Tensor
 
 
+class PGImage(NamedTuple):
+    """One image's inputs to the reward, whatever the detector (SPEC §1 steps 2-3).
+
+    A *slot* is one term the loss can weight: a sampled RoI of a two-stage detector (its
+    cross-entropy towards its label), an (anchor, class) logit of a one-stage one. The reward
+    only needs, per image, D and the candidates with the slot each belongs to.
+    """
+
+    num_slots: int
+    base: Instances  # D: pred_boxes [|D|] as scored (clipped), scores, pred_classes
+    base_slot: torch.Tensor  # [|D|] long, the slot of each box of D
+    base_sign: torch.Tensor  # [|D|] +1 where raising the slot's term raises the box's score
+    cand_slot: torch.Tensor  # [C] long, the slot of each candidate
+    cand_classes: torch.Tensor  # [C] long, l_b
+    cand_scores: torch.Tensor  # [C] p_b
+    cand_boxes: torch.Tensor  # [C, 4] the box decoded for l_b, clipped to the image
+    gt: Instances  # the image's full ground truth
+
+
 class _ImageSets(NamedTuple):
     """The S detection sets of one image with ground truth over a pool of P = |D| + C boxes:
     D, then E estimator sets (k actions, or one swapped set per candidate with ``swap``), then
     |D| leave-one-out sets with ``kept_box_credit``."""
 
     image: int  # index of the image in the batch
-    cand_idx: torch.Tensor  # [C] RoI index of each candidate (foreground RoI)
-    cand_scores: torch.Tensor  # [C] p_b
-    cand_in_baseline: torch.Tensor  # [C] bool, candidate already selected by D
+    inputs: PGImage
+    cand_in_baseline: torch.Tensor  # [C] bool, candidate already selected by D (same slot, class)
     drawn: torch.Tensor  # [k, C] bool, raw Bernoulli draws ([0, C] with swap)
-    base_idx: torch.Tensor  # [|D|] RoI index of each box of D
-    base_sign: torch.Tensor  # [|D|] +1 where D's class is the RoI's label, else -1
     suppressor: torch.Tensor  # [C] index into D of b's NMS suppressor, -1 if none or not swap
     pool_boxes: torch.Tensor  # [P, 4] D's boxes, then the candidates'
     pool_scores: torch.Tensor  # [P]
     pool_classes: torch.Tensor  # [P]
     membership: torch.Tensor  # [S, P] bool
-    gt: Instances  # the image's full ground truth
 
 
 def _pad_stack(tensors: List[torch.Tensor], length: int, fill, dim: int = 0) -> torch.Tensor:
@@ -213,33 +233,15 @@ def _leave_one_out_sets(num_base: int, num_cand: int, device) -> torch.Tensor:
     return sets
 
 
-def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -> _ImageSets:
-    """Candidates, pool and membership of one image with ground truth (steps 2-3).
-
-    prob [R_i, K+1]; box [R_i, K*4] or [R_i, 4]; base: D as Instances with ``base_rois`` [|D|]
-    its RoI indices.
-    """
-    device = prob.device
-    num_classes = prob.shape[1] - 1
-    gt_classes = prop.gt_classes
-    fg = (gt_classes >= 0) & (gt_classes < num_classes)
-    fg = fg & _test_time_rois(prop, settings)
-    # a foreground RoI that D already holds with its ground-truth class
-    in_baseline = torch.zeros((len(prop), num_classes), dtype=torch.bool, device=device)
-    in_baseline[base_rois, base.pred_classes] = True
-    cand_idx = torch.nonzero(fg, as_tuple=True)[0]
-    cand_classes = gt_classes[cand_idx]
-    cand_scores = prob[cand_idx, cand_classes]
-    if box.shape[1] == 4:
-        cand_boxes = box[cand_idx]
-    else:
-        cand_boxes = box.view(len(prop), -1, 4)[cand_idx, cand_classes]
-    cand_boxes = Boxes(cand_boxes.clone())
-    cand_boxes.clip(prop.image_size)
-    cand_boxes = cand_boxes.tensor
-
-    num_base, num_cand = len(base), len(cand_idx)
-    pool = len(base) + num_cand
+def _image_sets(i: int, image: PGImage, settings: PGSettings, generator) -> _ImageSets:
+    """Pool and membership of the sets of one image with ground truth (steps 3-4)."""
+    base = image.base
+    device = image.cand_scores.device
+    cand_scores, cand_boxes, cand_classes = image.cand_scores, image.cand_boxes, image.cand_classes
+    in_baseline = ((image.cand_slot[:, None] == image.base_slot[None, :])
+                   & (cand_classes[:, None] == base.pred_classes[None, :])).any(dim=1)
+    num_base, num_cand = len(base), len(cand_scores)
+    pool = num_base + num_cand
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
         drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
@@ -258,15 +260,41 @@ def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -
     sets = [baseline_set, estimator_sets]
     if settings.kept_box_credit:
         sets.append(_leave_one_out_sets(num_base, num_cand, device))
-    roi_labels = gt_classes[base_rois]
     return _ImageSets(
-        i, cand_idx, cand_scores, in_baseline[cand_idx, cand_classes], drawn, base_rois,
-        torch.where(roi_labels == base.pred_classes, 1.0, -1.0).to(prob.dtype), suppressor,
+        i, image, in_baseline, drawn, suppressor,
         torch.cat([base.pred_boxes.tensor, cand_boxes]),
         torch.cat([base.scores, cand_scores]),
         torch.cat([base.pred_classes, cand_classes]),
-        torch.cat(sets), tgt,
+        torch.cat(sets),
     )
+
+
+def _roi_images(probs, boxes, proposals, targets, settings: PGSettings) -> List[PGImage]:
+    """The inputs of a two-stage detector's images: slots are the sampled RoIs, candidates the
+    foreground RoIs with the box decoded for their label, D detectron2's inference.
+
+    probs [R_i, K+1]; boxes [R_i, K*4] or [R_i, 4] (see :func:`compute_advantages`).
+    """
+    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings)
+    images = []
+    for prob, box, prop, tgt, base, base_rois in zip(probs, boxes, proposals, targets, baseline,
+                                                     baseline_rois):
+        gt_classes = prop.gt_classes
+        fg = (gt_classes >= 0) & (gt_classes < prob.shape[1] - 1) & _test_time_rois(prop, settings)
+        cand_idx = torch.nonzero(fg, as_tuple=True)[0]
+        cand_classes = gt_classes[cand_idx]
+        if box.shape[1] == 4:
+            cand_boxes = box[cand_idx]
+        else:
+            cand_boxes = box.view(len(prop), -1, 4)[cand_idx, cand_classes]
+        cand_boxes = Boxes(cand_boxes.clone())
+        cand_boxes.clip(prop.image_size)
+        # the RoI's cross-entropy pushes towards its label: it raises D's box only if that is
+        # the box's class
+        sign = torch.where(gt_classes[base_rois] == base.pred_classes, 1.0, -1.0).to(prob.dtype)
+        images.append(PGImage(len(prop), base, base_rois, sign, cand_idx, cand_classes,
+                              prob[cand_idx, cand_classes], cand_boxes.tensor, tgt))
+    return images
 
 
 def _test_time_rois(prop: Instances, settings: PGSettings) -> torch.Tensor:
@@ -307,7 +335,7 @@ def _candidate_advantages(sets: _ImageSets, estimator_rewards, baseline_reward, 
     if settings.reward_estimator == "reinforce":
         reward_without = estimator_rewards.sum() - reward_with
         delta = reward_with / times.clamp(min=1) - reward_without / (k - times).clamp(min=1)
-        return sets.cand_scores * delta, (times > 0) & (times < k)
+        return sets.inputs.cand_scores * delta, (times > 0) & (times < k)
     if settings.reward_estimator == "joint":
         return reward_with / k - baseline_reward, ~sets.cand_in_baseline
     return reward_with / times.clamp(min=1) - baseline_reward, ~sets.cand_in_baseline & (times > 0)
@@ -322,7 +350,7 @@ def compute_advantages(
     settings: PGSettings,
     generator: torch.Generator,
 ) -> PGAdvantages:
-    """Advantages ``A_b`` for every sampled RoI of a batch.
+    """Advantages ``A_b`` for every sampled RoI of a batch of a two-stage detector.
 
     Args:
         probs: per image [R_i, K+1] softmax probabilities (background last).
@@ -335,17 +363,27 @@ def compute_advantages(
         generator: random stream for the Bernoulli actions, on the probabilities' device.
     """
     device = probs[0].device if probs else torch.device("cpu")
-    num_rois = [len(p) for p in proposals]
-    advantages = [torch.zeros(n, device=device) for n in num_rois]
-    estimated = [torch.zeros(n, dtype=torch.bool, device=device) for n in num_rois]
+    return advantages_of_images(_roi_images(probs, boxes, proposals, targets, settings),
+                                settings, generator, device)
+
+
+@torch.no_grad()
+def advantages_of_images(images: List[PGImage], settings: PGSettings,
+                         generator: torch.Generator, device) -> PGAdvantages:
+    """Advantages over the slots of a batch, from each image's D and candidates (steps 3-9):
+    the detector-agnostic part that every detector family calls.
+
+    The result's ``advantages`` and ``candidate_mask`` are the images' slots concatenated
+    ([Σ num_slots]); ``device`` is where they live when the batch is empty.
+    """
+    advantages = [torch.zeros(image.num_slots, device=device) for image in images]
+    estimated = [torch.zeros(image.num_slots, dtype=torch.bool, device=device) for image in images]
     swap = settings.reward_estimator == "swap"
     num_sampled = 1 if swap else settings.num_samples
 
-    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings)
     per_image = [  # only images with ground truth have a reward
-        _image_sets(i, prob, box, prop, tgt, baseline[i], baseline_rois[i], settings, generator)
-        for i, (prob, box, prop, tgt) in enumerate(zip(probs, boxes, proposals, targets))
-        if len(tgt) > 0
+        _image_sets(i, image, settings, generator)
+        for i, image in enumerate(images) if len(image.gt) > 0
     ]
     if not per_image:
         empty = torch.zeros(0, device=device)
@@ -353,7 +391,8 @@ def compute_advantages(
                             torch.cat(estimated))
 
     rewards = _score_sets(per_image, settings)  # [B', S]
-    num_estimator_sets = [len(s.cand_idx) if swap else settings.num_samples for s in per_image]
+    num_estimator_sets = [len(s.inputs.cand_slot) if swap else settings.num_samples
+                          for s in per_image]
     if swap:
         sampled_reward = torch.stack([
             rewards[row, 1:1 + n].sum() / max(n, 1) for row, n in enumerate(num_estimator_sets)
@@ -367,22 +406,22 @@ def compute_advantages(
 
     for row, (sets, num_est) in enumerate(zip(per_image, num_estimator_sets)):
         adv, est = advantages[sets.image], estimated[sets.image]
+        base_slot, base_sign = sets.inputs.base_slot, sets.inputs.base_sign
         cand_adv, valid = _candidate_advantages(
             sets, rewards[row, 1:1 + num_est], baseline_reward[row], settings)
         cand_adv = torch.where(valid, cand_adv, torch.zeros_like(cand_adv))
-        adv[sets.cand_idx] = cand_adv
-        est[sets.cand_idx] = valid
+        adv[sets.inputs.cand_slot] = cand_adv
+        est[sets.inputs.cand_slot] = valid
         if settings.suppressor_credit:
             moved = (sets.suppressor >= 0) & (cand_adv > 0)
             suppressor = sets.suppressor[moved]
-            adv.index_add_(0, sets.base_idx[suppressor],
-                           -cand_adv[moved] * sets.base_sign[suppressor])
-            est[sets.base_idx[suppressor]] = True
+            adv.index_add_(0, base_slot[suppressor], -cand_adv[moved] * base_sign[suppressor])
+            est[base_slot[suppressor]] = True
         if settings.kept_box_credit:
-            num_base = len(sets.base_idx)
+            num_base = len(base_slot)
             leave_one_out = rewards[row, 1 + num_est:1 + num_est + num_base]
-            adv.index_add_(0, sets.base_idx, (rewards[row, 0] - leave_one_out) * sets.base_sign)
-            est[sets.base_idx] = True
+            adv.index_add_(0, base_slot, (rewards[row, 0] - leave_one_out) * base_sign)
+            est[base_slot] = True
         if settings.advantage_norm == "image_max" and len(adv):
             adv /= adv.abs().max().clamp(min=torch.finfo(adv.dtype).tiny)
     return PGAdvantages(
@@ -395,7 +434,7 @@ def _score_sets(per_image: List[_ImageSets], settings: PGSettings) -> torch.Tens
     empty and padded pool entries belong to no set)."""
     device = per_image[0].pool_scores.device
     p_max = max(len(s.pool_boxes) for s in per_image)
-    g_max = max(len(s.gt) for s in per_image)
+    g_max = max(len(s.inputs.gt) for s in per_image)
     s_max = max(len(s.membership) for s in per_image)
     membership = torch.zeros((len(per_image), s_max, p_max), dtype=torch.bool, device=device)
     for row, sets in enumerate(per_image):
@@ -405,10 +444,10 @@ def _score_sets(per_image: List[_ImageSets], settings: PGSettings) -> torch.Tens
         _pad_stack([s.pool_scores for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_classes for s in per_image], p_max, -1),
         membership,
-        _pad_stack([s.gt.gt_boxes.tensor for s in per_image], g_max, 0.0),
-        _pad_stack([s.gt.gt_classes for s in per_image], g_max, -1),
-        _pad_stack([torch.ones(len(s.gt), dtype=torch.bool, device=device) for s in per_image],
-                   g_max, False),
+        _pad_stack([s.inputs.gt.gt_boxes.tensor for s in per_image], g_max, 0.0),
+        _pad_stack([s.inputs.gt.gt_classes for s in per_image], g_max, -1),
+        _pad_stack([torch.ones(len(s.inputs.gt), dtype=torch.bool, device=device)
+                    for s in per_image], g_max, False),
         settings.iou_thresholds,
         settings.max_detections,
     )

@@ -1,0 +1,119 @@
+"""What every detector family's PG loss shares besides the advantages: the MODEL.PG options read
+from the config (and checked), the per-iteration random stream of the actions, and the logged
+``pg/*`` scalars. The two-stage box predictor and the one-stage detectors both call these, so a
+key means the same thing in each.
+"""
+from typing import NamedTuple
+
+import torch
+from detectron2.utils import comm
+
+from .policy_gradient import ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings
+
+
+def check_pg_config(cfg):
+    """Fail at build time, naming the key, when a MODEL.PG option cannot work."""
+    pg = cfg.MODEL.PG
+    problems = []
+    if pg.NUM_SAMPLES < 1:
+        problems.append(f"MODEL.PG.NUM_SAMPLES must be >= 1 (k actions per image), got {pg.NUM_SAMPLES}")
+    if pg.GAMMA < 0:
+        problems.append(f"MODEL.PG.GAMMA must be >= 0 (weight of cross-entropy), got {pg.GAMMA}")
+    if pg.REWARD_SCALE < 0:
+        problems.append(f"MODEL.PG.REWARD_SCALE must be >= 0, got {pg.REWARD_SCALE}")
+    if len(pg.IOU_THRESHOLDS) == 0 or not all(0 < t <= 1 for t in pg.IOU_THRESHOLDS):
+        problems.append(
+            f"MODEL.PG.IOU_THRESHOLDS must be a non-empty list of values in (0, 1], "
+            f"got {list(pg.IOU_THRESHOLDS)}"
+        )
+    if pg.MAX_DETECTIONS < 1:
+        problems.append(f"MODEL.PG.MAX_DETECTIONS must be >= 1, got {pg.MAX_DETECTIONS}")
+    if pg.REWARD_ESTIMATOR not in REWARD_ESTIMATORS:
+        problems.append(
+            f"MODEL.PG.REWARD_ESTIMATOR must be one of {REWARD_ESTIMATORS}, got {pg.REWARD_ESTIMATOR!r}"
+        )
+    if pg.BASELINE not in BASELINES:
+        problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {pg.BASELINE!r}")
+    if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
+        problems.append(
+            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
+        )
+    if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
+        problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
+                        "candidate: it needs MODEL.PG.REWARD_ESTIMATOR swap")
+    if pg.REWARD_ESTIMATOR == "reinforce" and pg.NUM_SAMPLES < 2:
+        problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
+                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {pg.NUM_SAMPLES}")
+    if pg.REWARD_ESTIMATOR == "swap" and pg.BASELINE != "nms":
+        problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
+                        "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
+    if pg.ENABLED and cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False):
+        problems.append("MODEL.PG.ENABLED needs softmax scores: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
+    if problems:
+        raise ValueError("Invalid policy-gradient config:\n  " + "\n  ".join(problems))
+
+
+class PGOptions(NamedTuple):
+    """MODEL.PG as plain values (what a detector's ``from_config`` hands its ``__init__``)."""
+
+    enabled: bool = False
+    gamma: float = 1.0  # γ of eq. 10, the weight of the detector's own classification loss
+    reward_scale: float = 1.0  # c of supplement Appendix C, the scale of the advantage
+    settings: PGSettings = PGSettings()
+    # base seed of the action sampling; the stream of an iteration is a function of (seed,
+    # iteration, rank), so runs are reproducible and resumable and every DDP process draws its own
+    seed: int = 0
+
+
+def pg_options_from_cfg(cfg, test_score_thresh: float, test_nms_thresh: float) -> PGOptions:
+    """MODEL.PG, checked, with the detector's test-time score and NMS thresholds (D's inference)."""
+    check_pg_config(cfg)
+    pg = cfg.MODEL.PG
+    return PGOptions(
+        enabled=pg.ENABLED,
+        gamma=pg.GAMMA,
+        reward_scale=pg.REWARD_SCALE,
+        settings=PGSettings(
+            num_samples=pg.NUM_SAMPLES,
+            reward_estimator=pg.REWARD_ESTIMATOR,
+            sample_nms=pg.SAMPLE_NMS,
+            baseline=pg.BASELINE,
+            iou_thresholds=tuple(pg.IOU_THRESHOLDS),
+            max_detections=pg.MAX_DETECTIONS,
+            test_score_thresh=test_score_thresh,
+            test_nms_thresh=test_nms_thresh,
+            include_gt_proposals=pg.INCLUDE_GT_PROPOSALS,
+            kept_box_credit=pg.KEPT_BOX_CREDIT,
+            suppressor_credit=pg.SUPPRESSOR_CREDIT,
+            advantage_norm=pg.ADVANTAGE_NORM,
+        ),
+        # SEED < 0 means "random" in detectron2: the Trainer resolves it to the run's drawn
+        # seed before building the model; a model built elsewhere draws its own.
+        seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
+    )
+
+
+def action_generator(seed: int, device, iteration: int) -> torch.Generator:
+    """The random stream of the actions of one iteration on this process."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + iteration) * 1_009 + comm.get_rank())
+    return gen
+
+
+def log_pg_stats(storage, pg, weights, seconds):
+    """Per-iteration PG statistics for the console, metrics.json and TensorBoard.
+
+    pg: the PGAdvantages of the batch; weights: the weights c·A + γ of the loss terms.
+    """
+    if pg.baseline_reward.numel():
+        storage.put_scalar("pg/baseline_reward", pg.baseline_reward.mean().item())
+        storage.put_scalar("pg/sampled_reward", pg.sampled_reward.mean().item())
+    if pg.candidate_mask.any():
+        storage.put_scalar(
+            "pg/positive_advantage_frac",
+            (pg.advantages[pg.candidate_mask] > 0).float().mean().item(),
+        )
+    if weights.numel():
+        storage.put_scalar("pg/mean_weight", weights.mean().item())
+        storage.put_scalar("pg/negative_weight_frac", (weights < 0).float().mean().item())
+    storage.put_scalar("pg/reward_time", seconds, smoothing_hint=True)
