@@ -56,11 +56,15 @@ class _BatchRecorder:
 def check_pg_model(cfg, model):
     """MODEL.PG.ENABLED needs pgdet's box predictor; fail at build time, saying what to change."""
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
-    if cfg.MODEL.PG.ENABLED and not isinstance(predictor, PGFastRCNNOutputLayers):
+    # a cascade has one predictor per stage
+    predictors = list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+    unfit = [p for p in predictors if not isinstance(p, PGFastRCNNOutputLayers)]
+    if cfg.MODEL.PG.ENABLED and unfit:
         raise ValueError(
             f"MODEL.PG.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the box "
-            f"predictor {type(predictor).__name__}, which cannot compute the policy gradient. Set "
-            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads)."
+            f"predictor {type(unfit[0]).__name__}, which cannot compute the policy gradient. Set "
+            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads), or to "
+            "PGCascadeROIHeads for a Cascade R-CNN."
         )
 
 

@@ -13,10 +13,11 @@ from .architectures import (
     build_timm_fpn_backbone,
 )
 from .comparators import OHEMROIHeads
-from .pg import PGFastRCNNOutputLayers, PGROIHeads
+from .pg import PGCascadeROIHeads, PGFastRCNNOutputLayers, PGROIHeads
 
 __all__ = [
     "OHEMROIHeads",
+    "PGCascadeROIHeads",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PerLevelAnchorRPNHead",

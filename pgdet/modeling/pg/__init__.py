@@ -3,8 +3,10 @@
 - ``reward``: the per-image COCO AP that scores a detection set (SPEC §2);
 - ``policy_gradient``: per-box advantages from sampled detection sets (SPEC §1);
 - ``pg_output_layers``: the box predictor whose classification loss is PG-weighted;
-- ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs.
+- ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs;
+- ``pg_cascade_roi_heads``: the same for Cascade R-CNN (D = the stages' mean scores).
 """
+from .pg_cascade_roi_heads import PGCascadeROIHeads
 from .pg_output_layers import PGFastRCNNOutputLayers
 from .pg_roi_heads import PGROIHeads
 from .policy_gradient import PGAdvantages, PGSettings, compute_advantages
@@ -13,6 +15,7 @@ from .reward import COCO_IOU_THRESHOLDS, image_ap
 __all__ = [
     "COCO_IOU_THRESHOLDS",
     "PGAdvantages",
+    "PGCascadeROIHeads",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PGSettings",

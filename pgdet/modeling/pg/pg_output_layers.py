@@ -27,6 +27,11 @@ from .policy_gradient import (
     ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages,
 )
 
+CASCADE_STAGES = ("last", "all")
+# The Instances field by which ROI heads give the PG loss the detector's test-time class scores
+# [R_i, K+1] of the RoIs when they are not this predictor's softmax (a cascade averages stages).
+SCORES_FIELD = "pg_scores"
+
 
 def check_pg_config(cfg):
     """Fail at build time, naming the key, when a MODEL.PG option cannot work."""
@@ -54,6 +59,10 @@ def check_pg_config(cfg):
     if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
         problems.append(
             f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
+        )
+    if pg.CASCADE_STAGES not in CASCADE_STAGES:
+        problems.append(
+            f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {pg.CASCADE_STAGES!r}"
         )
     if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
         problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
@@ -98,7 +107,8 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
     """FastRCNNOutputLayers whose classification loss is the policy gradient of Rao et al.
 
     With PG on, :meth:`losses` needs, on each image's proposals, the attribute ``_pg_targets``
-    (the image's full ground truth), which :class:`pgdet.modeling.PGROIHeads` attaches.
+    (the image's full ground truth), which :class:`pgdet.modeling.PGROIHeads` attaches, and
+    optionally the field ``pg_scores`` (:class:`pgdet.modeling.PGCascadeROIHeads` sets it).
     """
 
     @configurable
@@ -197,7 +207,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         _check_finite(scores, proposal_deltas, proposals, storage.iter)
         start = time.perf_counter()
         with torch.no_grad():
-            probs = F.softmax(scores.detach(), dim=-1)
+            probs = self._policy_probs(scores, proposals)
             boxes = self.predict_boxes((scores.detach(), proposal_deltas.detach()), proposals)
             num_per_image = [len(p) for p in proposals]
             pg = compute_advantages(
@@ -212,6 +222,15 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         self._log_pg_stats(storage, pg, weights, time.perf_counter() - start)
         per_roi = F.cross_entropy(scores, gt_classes, reduction="none")
         return (weights * per_roi).sum() / max(gt_classes.numel(), 1)
+
+    @staticmethod
+    def _policy_probs(scores, proposals: List[Instances]) -> torch.Tensor:
+        """[R, K+1] the class scores the detector outputs at test time for the RoIs: the field
+        ``pg_scores`` when the ROI heads set it (PGCascadeROIHeads: the stages' mean), else the
+        softmax of this predictor's logits ``scores`` [R, K+1]."""
+        if proposals and proposals[0].has(SCORES_FIELD):
+            return cat([p.get(SCORES_FIELD) for p in proposals])
+        return F.softmax(scores.detach(), dim=-1)
 
     @staticmethod
     def _log_pg_stats(storage, pg, weights, seconds):
