@@ -7,7 +7,10 @@ of stage 0. So the PG loss of a stage needs, on each of its RoIs, more than that
 
 - ``pg_scores`` [R_k, K+1]: the mean of the softmax scores of stages 0..k along the RoI's chain.
   At the last stage these are the test-time scores, so the D of the PG loss is detectron2's
-  cascade inference on the RoIs (score threshold, NMS, detection cap as at test time);
+  cascade inference on the RoIs (score threshold, NMS, detection cap as at test time), and the
+  candidates' p_b, which the actions are drawn with, are the cascade's scores too. (So the
+  ``reinforce`` advantage p_b Δ_b is no longer the exact gradient: through the mean of n
+  stages it would be p_b^(k) Δ_b / n, with p_b^(k) the trained stage's own probability.)
 - ``pg_from_gt`` [R_k] and ``_pg_targets``, as in :class:`PGROIHeads`.
 
 Every stage builds new proposal objects from the previous stage's boxes (and in training drops
