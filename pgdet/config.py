@@ -73,6 +73,14 @@ def add_pgdet_config(cfg):
     # Beyond the paper: "none", or "image_max" = divide each image's advantages by their largest
     # magnitude (|A| <= 1 on any dataset; with REWARD_SCALE < GAMMA every weight stays positive).
     _C.MODEL.PG.ADVANTAGE_NORM = "none"
+    # Cascade R-CNN (MODEL.ROI_HEADS.NAME PGCascadeROIHeads): whose classifiers get the PG loss.
+    # "last" (default): the last stage's only. D, what the cascade outputs at test time, is the
+    # stages' mean score on the last stage's boxes, so only the last stage's RoIs (labelled at
+    # its IoU threshold, 0.7 in detectron2) are D's boxes and its reward is the test-time AP;
+    # the earlier stages keep detectron2's cross-entropy. "all": every stage k too, each
+    # against the output of the cascade cut after k (mean score of stages 0..k on stage k's
+    # boxes, labels at stage k's IoU threshold, 0.5 / 0.6), a detector never evaluated.
+    _C.MODEL.PG.CASCADE_STAGES = "last"
 
     # ---- Test-time soft-NMS (Bodla et al. 2017; paper Table 1 "soft NMS" rows) ----
     _C.MODEL.SOFT_NMS = CN()

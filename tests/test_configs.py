@@ -209,7 +209,10 @@ MODEL_ZOO = {
         "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml",
     "model_zoo/pg_mask_rcnn_R_50_FPN_3x.yaml":
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+    "model_zoo/pg_cascade_mask_rcnn_R_50_FPN_3x.yaml": "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
 }
+# detectron2's ROI heads -> pgdet's
+PG_ROI_HEADS = {"StandardROIHeads": "PGROIHeads", "CascadeROIHeads": "PGCascadeROIHeads"}
 # the paper's PG stage (§4.1): 22.5k iterations of 16 images, x0.1 after 15k, lr 1/10 of training
 PAPER_STAGE_IMAGES = 22500 * 16
 
@@ -277,9 +280,9 @@ def test_model_zoo_config_is_the_model_zoo_model_with_pg_roi_heads(name):
     allowed = {"MODEL.WEIGHTS", "MODEL.ROI_HEADS.NAME", "MODEL.PG.ENABLED", "SOLVER.BASE_LR",
                "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", "OUTPUT_DIR"}
     ours, original = flatten(load(name)), flatten(model_zoo_original(MODEL_ZOO[name]))
-    assert original["MODEL.ROI_HEADS.NAME"] == "StandardROIHeads"
     assert {k for k in ours if ours[k] != original[k]} == allowed
-    assert (ours["MODEL.ROI_HEADS.NAME"], ours["MODEL.PG.ENABLED"]) == ("PGROIHeads", True)
+    assert (ours["MODEL.ROI_HEADS.NAME"], ours["MODEL.PG.ENABLED"]) == (
+        PG_ROI_HEADS[original["MODEL.ROI_HEADS.NAME"]], True)
     assert ours["OUTPUT_DIR"] == f"output/{name[:-len('.yaml')]}"
 
 

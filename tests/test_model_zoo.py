@@ -12,7 +12,7 @@ import torch
 from detectron2.modeling import build_model
 from test_configs import CONFIG_DIR, flatten, model_zoo_original
 
-import pgdet  # noqa: F401  (registers PGROIHeads)
+import pgdet  # noqa: F401  (registers PGROIHeads, PGCascadeROIHeads)
 from pgdet import get_pgdet_cfg
 from pgdet.engine import ConfigError, build_cfg
 from pgdet.engine.checkpoint import PGCheckpointer
@@ -20,6 +20,7 @@ from pgdet.model_zoo import ModelZooConfigNotFoundError
 
 R50_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
 MASK_R50_FPN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
+CASCADE_MASK_R50_FPN = "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml"
 
 
 def pgdet_loaded(path):
@@ -83,12 +84,17 @@ def test_lazyconfig_model_zoo_name_is_refused_clearly(tmp_path):
         build_cfg(str(bad))
 
 
-def test_a_model_zoo_checkpoint_fills_every_weight_of_the_pg_model(tmp_path):
-    """detectron2's own Mask R-CNN (StandardROIHeads), random weights saved as the model zoo
-    saves them, loads into the PG config's model with nothing missing or left over."""
+@pytest.mark.parametrize("name, config", [
+    (MASK_R50_FPN, "pg_mask_rcnn_R_50_FPN_3x.yaml"),
+    (CASCADE_MASK_R50_FPN, "pg_cascade_mask_rcnn_R_50_FPN_3x.yaml"),
+])
+def test_a_model_zoo_checkpoint_fills_every_weight_of_the_pg_model(tmp_path, name, config):
+    """detectron2's own Mask R-CNN (StandardROIHeads) or Cascade Mask R-CNN (CascadeROIHeads),
+    random weights saved as the model zoo saves them, loads into the PG config's model with
+    nothing missing or left over."""
     torch.manual_seed(0)
-    path, reference = model_zoo_checkpoint(MASK_R50_FPN, tmp_path)
-    cfg = build_cfg(str(CONFIG_DIR / "model_zoo" / "pg_mask_rcnn_R_50_FPN_3x.yaml"),
+    path, reference = model_zoo_checkpoint(name, tmp_path)
+    cfg = build_cfg(str(CONFIG_DIR / "model_zoo" / config),
                     ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     torch.manual_seed(1)
     model = build_model(cfg)

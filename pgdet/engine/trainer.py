@@ -59,12 +59,16 @@ def check_pg_model(cfg, model):
     if not cfg.MODEL.PG.ENABLED or isinstance(model, PGRetinaNet):
         return
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
-    if not isinstance(predictor, PGFastRCNNOutputLayers):
+    # a cascade has one predictor per stage
+    predictors = list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+    unfit = [p for p in predictors if not isinstance(p, PGFastRCNNOutputLayers)]
+    if unfit:
         raise ValueError(
             f"MODEL.PG.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the box "
-            f"predictor {type(predictor).__name__}, which cannot compute the policy gradient. Set "
-            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads), or "
-            "MODEL.META_ARCHITECTURE to PGRetinaNet for a RetinaNet."
+            f"predictor {type(unfit[0]).__name__}, which cannot compute the policy gradient. Set "
+            "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads), to "
+            "PGCascadeROIHeads for a Cascade R-CNN, or MODEL.META_ARCHITECTURE to PGRetinaNet "
+            "for a RetinaNet."
         )
 
 

@@ -14,10 +14,11 @@ from .architectures import (
     build_timm_fpn_backbone,
 )
 from .comparators import OHEMROIHeads
-from .pg import PGFastRCNNOutputLayers, PGRetinaNet, PGROIHeads
+from .pg import PGCascadeROIHeads, PGFastRCNNOutputLayers, PGRetinaNet, PGROIHeads
 
 __all__ = [
     "OHEMROIHeads",
+    "PGCascadeROIHeads",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PGRetinaNet",

@@ -4,10 +4,12 @@
 - ``policy_gradient``: per-box advantages from sampled detection sets (SPEC §1);
 - ``pg_output_layers``: the box predictor whose classification loss is PG-weighted;
 - ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs;
+- ``pg_cascade_roi_heads``: the same for Cascade R-CNN (D = the stages' mean scores);
 - ``dense_policy_gradient``: the same method for one-stage detectors (sigmoid classifiers);
 - ``pg_retinanet``: the registered RetinaNet that uses it;
 - ``pg_options``: the MODEL.PG options, action stream and logging every family shares.
 """
+from .pg_cascade_roi_heads import PGCascadeROIHeads
 from .pg_output_layers import PGFastRCNNOutputLayers
 from .pg_retinanet import PGRetinaNet
 from .pg_roi_heads import PGROIHeads
@@ -17,6 +19,7 @@ from .reward import COCO_IOU_THRESHOLDS, image_ap
 __all__ = [
     "COCO_IOU_THRESHOLDS",
     "PGAdvantages",
+    "PGCascadeROIHeads",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PGRetinaNet",

@@ -10,6 +10,8 @@ from detectron2.utils import comm
 
 from .policy_gradient import ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings
 
+CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascadeROIHeads)
+
 
 def check_pg_config(cfg):
     """Fail at build time, naming the key, when a MODEL.PG option cannot work."""
@@ -37,6 +39,10 @@ def check_pg_config(cfg):
     if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
         problems.append(
             f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
+        )
+    if pg.CASCADE_STAGES not in CASCADE_STAGES:
+        problems.append(
+            f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {pg.CASCADE_STAGES!r}"
         )
     if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
         problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "

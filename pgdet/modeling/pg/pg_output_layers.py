@@ -25,6 +25,10 @@ from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_so
 from .pg_options import action_generator, log_pg_stats, pg_options_from_cfg
 from .policy_gradient import PGSettings, compute_advantages
 
+# The Instances field by which ROI heads give the PG loss the detector's test-time class scores
+# [R_i, K+1] of the RoIs when they are not this predictor's softmax (a cascade averages stages).
+SCORES_FIELD = "pg_scores"
+
 
 class NonFiniteOutputsError(FloatingPointError):
     """Non-finite box-predictor outputs; ``positions`` are the offending images' batch indices,
@@ -54,7 +58,8 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
     """FastRCNNOutputLayers whose classification loss is the policy gradient of Rao et al.
 
     With PG on, :meth:`losses` needs, on each image's proposals, the attribute ``_pg_targets``
-    (the image's full ground truth), which :class:`pgdet.modeling.PGROIHeads` attaches.
+    (the image's full ground truth), which :class:`pgdet.modeling.PGROIHeads` attaches, and
+    optionally the field ``pg_scores`` (:class:`pgdet.modeling.PGCascadeROIHeads` sets it).
     """
 
     @configurable
@@ -136,7 +141,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         _check_finite(scores, proposal_deltas, proposals, storage.iter)
         start = time.perf_counter()
         with torch.no_grad():
-            probs = F.softmax(scores.detach(), dim=-1)
+            probs = self._policy_probs(scores, proposals)
             boxes = self.predict_boxes((scores.detach(), proposal_deltas.detach()), proposals)
             num_per_image = [len(p) for p in proposals]
             pg = compute_advantages(
@@ -151,6 +156,15 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         log_pg_stats(storage, pg, weights, time.perf_counter() - start)
         per_roi = F.cross_entropy(scores, gt_classes, reduction="none")
         return (weights * per_roi).sum() / max(gt_classes.numel(), 1)
+
+    @staticmethod
+    def _policy_probs(scores, proposals: List[Instances]) -> torch.Tensor:
+        """[R, K+1] the class scores the detector outputs at test time for the RoIs: the field
+        ``pg_scores`` when the ROI heads set it (PGCascadeROIHeads: the stages' mean), else the
+        softmax of this predictor's logits ``scores`` [R, K+1]."""
+        if proposals and proposals[0].has(SCORES_FIELD):
+            return cat([p.get(SCORES_FIELD) for p in proposals])
+        return F.softmax(scores.detach(), dim=-1)
 
     def inference(self, predictions, proposals: List[Instances]):
         if self.soft_nms is None:
