@@ -35,6 +35,7 @@ from ..data.checks import load_training_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
 from ..modeling import PGFastRCNNOutputLayers
+from ..modeling.comparators import RSFastRCNNOutputLayers
 from .checkpoint import PGCheckpointer
 
 EVAL_FILE = "eval_metrics.json"  # what pgdet.engine.experiment reads
@@ -54,13 +55,20 @@ class _BatchRecorder:
 
 
 def check_pg_model(cfg, model):
-    """MODEL.PG.ENABLED needs pgdet's box predictor; fail at build time, saying what to change."""
+    """MODEL.PG.ENABLED / MODEL.RS_LOSS.ENABLED need pgdet's box predictors; fail at build time,
+    saying what to change."""
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     if cfg.MODEL.PG.ENABLED and not isinstance(predictor, PGFastRCNNOutputLayers):
         raise ValueError(
             f"MODEL.PG.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the box "
             f"predictor {type(predictor).__name__}, which cannot compute the policy gradient. Set "
             "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads)."
+        )
+    if cfg.MODEL.RS_LOSS.ENABLED and not isinstance(predictor, RSFastRCNNOutputLayers):
+        raise ValueError(
+            f"MODEL.RS_LOSS.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the "
+            f"box predictor {type(predictor).__name__}, which has no RS loss. Set "
+            "MODEL.ROI_HEADS.NAME to RSROIHeads."
         )
 
 

@@ -1,7 +1,7 @@
 """pgdet's detectron2 components, grouped by role; importing this package registers them all.
 
 - ``pg``: the method (reward, advantages, the PG loss and the ROI heads that use it);
-- ``comparators``: what the paper compares it with in Table 1 (soft-NMS, OHEM);
+- ``comparators``: what Table 1 compares it with (soft-NMS, OHEM; RS loss, beyond the paper);
 - ``architectures``: the paper's backbone, RPN head and box head, and a timm backbone.
 """
 # comparators before pg: OHEM subclasses PGROIHeads and the PG predictor calls soft-NMS, and only
@@ -12,7 +12,7 @@ from .architectures import (
     build_resnet_dilated_fpn_backbone,
     build_timm_fpn_backbone,
 )
-from .comparators import OHEMROIHeads
+from .comparators import OHEMROIHeads, RSROIHeads
 from .pg import PGFastRCNNOutputLayers, PGROIHeads
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PerLevelAnchorRPNHead",
+    "RSROIHeads",
     "StridedConvFCHead",
     "build_resnet_dilated_fpn_backbone",
     "build_timm_fpn_backbone",
