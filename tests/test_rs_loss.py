@@ -366,3 +366,17 @@ def test_invalid_rs_options_fail_at_build_time(opts, key):
     with pytest.raises(ValueError) as e:
         Trainer.build_model(build_cfg(DEMO, [*RS_ON, *opts]))
     assert key in str(e.value)
+
+
+def test_composes_with_the_papers_strided_conv_fc_box_head():
+    """RSROIHeads builds whatever MODEL.ROI_BOX_HEAD names: the paper's R-101 head trains."""
+    cfg = build_cfg(os.path.join(REPO, "configs", "frcnn_R101.yaml"), [
+        *RS_ON, "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64"])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert type(model.roi_heads.box_head).__name__ == "StridedConvFCHead"
+    with EventStorage():
+        losses = model(_batch())
+    assert torch.isfinite(sum(losses.values()))
+    assert losses["loss_cls"].item() > 0
