@@ -1,23 +1,27 @@
 #!/usr/bin/env python
 """What does the policy gradient cost in a training iteration? (issue: "no computational overhead")
+And, beside it, Rank & Sort loss (``--methods pg rs``)?
 
 Time: in one process, on one model and one fixed list of batches, full training iterations
-(forward, loss, backward, SGD step) alternate between PG on and PG off (the flag of the same box
-predictor, or of PGRetinaNet), so both see the same weights' regime, the same data and the same
-machine load. Prints the median of the per-pair ratios PG / standard with its spread (interquartile range), and the
-share of the PG iteration spent computing rewards and advantages (``pg/reward_time``).
+(forward, loss, backward, SGD step) alternate between the method on and off (PG: the flag of the
+same box predictor, or of PGRetinaNet; RS: the flag plus the ROI heads' sampler, sampling-free or detectron2's), so
+both see the same weights' regime, the same data and the same machine load. Prints the median of
+the per-pair ratios method / standard with its spread (interquartile range), and the share of
+the PG iteration spent computing rewards and advantages (``pg/reward_time``; "—" for RS).
 
-Memory: peak resident memory of two fresh processes running the same iterations, one with PG and
-one without (on CUDA: peak allocated memory). Prints the ratio.
+Memory: peak resident memory of two fresh processes running the same iterations, one with the
+method and one without (on CUDA: peak allocated memory). Prints the ratio.
 
-    .venv/bin/python benchmarks/bench_iteration.py                       # all configs
+    .venv/bin/python benchmarks/bench_iteration.py                       # all configs, PG
     .venv/bin/python benchmarks/bench_iteration.py --configs demo --pairs 20
     .venv/bin/python benchmarks/bench_iteration.py --configs retinanet_demo retinanet_bccd
     .venv/bin/python benchmarks/bench_iteration.py --configs demo bccd \
         --pg-opts MODEL.PG.REWARD_ESTIMATOR swap MODEL.PG.KEPT_BOX_CREDIT True
+    .venv/bin/python benchmarks/bench_iteration.py --configs bccd --methods pg rs
 
-``--pg-opts`` sets the PG options (estimator, credits, ...) that the PG iterations use; the
-standard iterations ignore them.
+``--pg-opts`` sets the PG options (estimator, credits, ...) that the PG iterations use, and
+``--rs-opts`` the MODEL.RS_LOSS.* options of the RS iterations; the standard iterations ignore
+them.
 """
 import argparse
 import json
@@ -59,14 +63,34 @@ CONFIGS = {
 }
 COMMON = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
           "SOLVER.IMS_PER_BATCH", "2"]
+# the model each method is measured on; its flag is switched per iteration by `switch`
+METHOD_OPTS = {"pg": [], "rs": ["MODEL.ROI_HEADS.NAME", "RSROIHeads", "MODEL.RS_LOSS.ENABLED",
+                                "True"]}
 
 
-def setup(name, pg_opts=(), weights=""):
+def switch(model, cfg, method: str, on: bool):
+    """Turn `method` on or off in a model built with it on: PG is the predictor's flag; RS is
+    the predictor's flag and the ROI heads' sampler (all proposals, or the config's batch)."""
+    if method == "pg":
+        if hasattr(model, "pg"):  # PGRetinaNet
+            model.pg = model.pg._replace(enabled=on)
+        else:
+            model.roi_heads.box_predictor.pg_enabled = on
+        return
+    heads = model.roi_heads
+    heads.box_predictor.rs_enabled = on
+    sampling_free = on and cfg.MODEL.RS_LOSS.SAMPLING_FREE
+    heads.batch_size_per_image = sys.maxsize if sampling_free else cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    heads.positive_fraction = 1.0 if sampling_free else cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION
+
+
+def setup(name, method="pg", method_opts=(), weights=""):
     """Model, 4 batches of 2 training images and an optimizer. `weights`: a trained model of
     the config (the reward's cost depends on how many boxes survive NMS; a random head is not
     representative of a fine-tune), or "" for random heads."""
     config, opts = CONFIGS[name]
-    cfg = build_cfg(os.path.join(REPO, config), COMMON + opts + list(pg_opts))
+    cfg = build_cfg(os.path.join(REPO, config),
+                    COMMON + opts + METHOD_OPTS[method] + list(method_opts))
     cfg.MODEL.WEIGHTS = weights
     register_demo_datasets()
     register_datasets_from_cfg(cfg)
@@ -79,19 +103,11 @@ def setup(name, pg_opts=(), weights=""):
     torch.manual_seed(0)
     batches = [[mapper(dict(dicts[2 * i + j])) for j in range(2)] for i in range(4)]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    return model, batches, optimizer
+    return model, cfg, batches, optimizer
 
 
-def set_pg(model, enabled: bool):
-    """Switch the PG loss of the same model: PGRetinaNet's options or the box predictor's flag."""
-    if hasattr(model, "pg"):
-        model.pg = model.pg._replace(enabled=enabled)
-    else:
-        model.roi_heads.box_predictor.pg_enabled = enabled
-
-
-def step(model, batch, optimizer, storage, pg: bool) -> float:
-    set_pg(model, pg)
+def step(model, cfg, method, batch, optimizer, storage, on: bool) -> float:
+    switch(model, cfg, method, on)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     start = time.perf_counter()
@@ -104,54 +120,57 @@ def step(model, batch, optimizer, storage, pg: bool) -> float:
     return time.perf_counter() - start
 
 
-def time_ratio(name, pairs, warmup, pg_opts, weights):
-    model, batches, optimizer = setup(name, pg_opts, weights)
-    ratios, t_pg, t_std, reward_time = [], [], [], []
+def time_ratio(name, method, pairs, warmup, method_opts, weights):
+    model, cfg, batches, optimizer = setup(name, method, method_opts, weights)
+    ratios, t_on, t_std, reward_time = [], [], [], []
     with EventStorage() as storage:
         for i in range(warmup):
-            step(model, batches[i % len(batches)], optimizer, storage, pg=bool(i % 2))
+            step(model, cfg, method, batches[i % len(batches)], optimizer, storage, bool(i % 2))
         for i in range(pairs):
             batch = batches[i % len(batches)]
             # alternate which goes first, so a drift in machine load does not favour one side
             order = (True, False) if i % 2 else (False, True)
-            times = {pg: step(model, batch, optimizer, storage, pg) for pg in order}
-            reward_time.append(storage.latest()["pg/reward_time"][0])
-            t_pg.append(times[True])
+            times = {on: step(model, cfg, method, batch, optimizer, storage, on) for on in order}
+            if method == "pg":
+                reward_time.append(storage.latest()["pg/reward_time"][0])
+            t_on.append(times[True])
             t_std.append(times[False])
             ratios.append(times[True] / times[False])
     q = statistics.quantiles(ratios, n=4)
     return {
         "config": name,
+        "method": method,
         "standard_s": statistics.median(t_std),
-        "pg_s": statistics.median(t_pg),
+        "method_s": statistics.median(t_on),
         "ratio_median": statistics.median(ratios),
         "ratio_iqr": (q[0], q[2]),
-        "reward_share": statistics.median(r / t for r, t in zip(reward_time, t_pg)),
+        "reward_share": statistics.median(r / t for r, t in zip(reward_time, t_on))
+        if reward_time else None,
     }
 
 
-def peak_memory_child(name, pg, iterations, pg_opts, weights):
-    """Run in a fresh process: peak memory of `iterations` steps with PG on or off."""
-    model, batches, optimizer = setup(name, pg_opts, weights)
+def peak_memory_child(name, method, on, iterations, method_opts, weights):
+    """Run in a fresh process: peak memory of `iterations` steps with the method on or off."""
+    model, cfg, batches, optimizer = setup(name, method, method_opts, weights)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with EventStorage() as storage:
         for i in range(iterations):
-            step(model, batches[i % len(batches)], optimizer, storage, pg)
+            step(model, cfg, method, batches[i % len(batches)], optimizer, storage, on)
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def memory_ratio(name, iterations, pg_opts, weights):
+def memory_ratio(name, method, iterations, method_opts, weights):
     peaks = {}
-    for pg in (False, True):
+    for on in (False, True):
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", name, str(int(pg)), str(iterations),
-             "--weights", weights, "--pg-opts", *pg_opts],
+            [sys.executable, __file__, "--memory-child", name, method, str(int(on)),
+             str(iterations), "--weights", weights, f"--{method}-opts", *method_opts],
             check=True, capture_output=True, text=True,
         ).stdout
-        peaks[pg] = int(out.strip().splitlines()[-1])
+        peaks[on] = int(out.strip().splitlines()[-1])
     return peaks[True] / peaks[False], peaks
 
 
@@ -161,36 +180,47 @@ def main():
     parser.add_argument("--pairs", type=int, default=12, help="PG/standard iteration pairs")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--memory-iterations", type=int, default=6)
+    parser.add_argument("--methods", nargs="+", default=["pg"], choices=list(METHOD_OPTS),
+                        help="methods timed against the standard iterations (pg, rs)")
     parser.add_argument("--pg-opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="MODEL.PG.* overrides for the PG iterations")
+    parser.add_argument("--rs-opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="MODEL.RS_LOSS.* overrides for the RS iterations")
     parser.add_argument("--weights", default="", help="trained weights of the (single) config "
                         "measured; default: random heads")
-    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    method_opts = {"pg": args.pg_opts, "rs": args.rs_opts}
     if args.memory_child:
-        name, pg, iterations = args.memory_child
-        print(peak_memory_child(name, bool(int(pg)), int(iterations), args.pg_opts,
-                                args.weights))
+        name, method, on, iterations = args.memory_child
+        print(peak_memory_child(name, method, bool(int(on)), int(iterations),
+                                method_opts[method], args.weights))
         return
     if args.weights and len(args.configs) != 1:
         parser.error("--weights belongs to one model: name one --configs entry")
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {device}; {args.pairs} alternating pairs after {args.warmup} warm-up steps; "
-          f"PG options: {' '.join(args.pg_opts) or 'the config defaults'}\n")
-    print("| config | standard s/it | PG s/it | time PG ÷ std (median [IQR]) | reward share of PG it "
-          "| peak memory PG ÷ std |")
-    print("|---|---|---|---|---|---|")
+          f"PG options: {' '.join(args.pg_opts) or 'the config defaults'}; "
+          f"RS options: {' '.join(args.rs_opts) or 'the config defaults'}\n")
+    print("| config | method | standard s/it | method s/it | time method ÷ std (median [IQR]) "
+          "| reward share of PG it | peak memory method ÷ std |")
+    print("|---|---|---|---|---|---|---|")
     results = []
     for name in args.configs:
-        timing = time_ratio(name, args.pairs, args.warmup, args.pg_opts, args.weights)
-        mem_ratio, peaks = memory_ratio(name, args.memory_iterations, args.pg_opts,
-                                        args.weights)
-        timing.update(memory_ratio=mem_ratio, peak_bytes={str(k): v for k, v in peaks.items()})
-        results.append(timing)
-        lo, hi = timing["ratio_iqr"]
-        print(f"| {name} | {timing['standard_s']:.3f} | {timing['pg_s']:.3f} | "
-              f"{timing['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}] | "
-              f"{100 * timing['reward_share']:.2f} % | {mem_ratio:.3f} |", flush=True)
+        for method in args.methods:
+            timing = time_ratio(name, method, args.pairs, args.warmup, method_opts[method],
+                                args.weights)
+            mem_ratio, peaks = memory_ratio(name, method, args.memory_iterations,
+                                            method_opts[method], args.weights)
+            timing.update(memory_ratio=mem_ratio,
+                          peak_bytes={str(k): v for k, v in peaks.items()})
+            results.append(timing)
+            lo, hi = timing["ratio_iqr"]
+            share = timing["reward_share"]
+            print(f"| {name} | {method.upper()} | {timing['standard_s']:.3f} | "
+                  f"{timing['method_s']:.3f} | {timing['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                  f"{'—' if share is None else f'{100 * share:.2f} %'} | {mem_ratio:.3f} |",
+                  flush=True)
     print("\n" + json.dumps(results))
 
 

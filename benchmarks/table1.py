@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Paper Table 1 on any dataset: from a converged baseline (or one per baseline seed), fine-tune
-with standard training, OHEM and the policy gradient (γ = 0 and 1), over several seeds; evaluate
+with standard training, OHEM, the policy gradient (γ = 0 and 1) and, beyond the paper, Rank & Sort
+loss, over several seeds; evaluate
 each with greedy NMS and soft-NMS; write the table (mean ± std over the runs, each method's AP gain
 over the standard fine-tune paired run by run with 95 % intervals, the paper's numbers beside)
 and the pictures.
@@ -24,10 +25,14 @@ Stages (each one ``train_net.py`` process whose command is printed, pgdet/engine
                            without PG; the paper's "standard" row is the baseline itself)
        OHEM                MODEL.ROI_HEADS.NAME OHEMROIHeads (fine-tuned like the others here)
        PG γ=0 / PG γ=1     MODEL.PG.ENABLED True, MODEL.PG.GAMMA 0.0 / 1.0
+       RS loss             MODEL.ROI_HEADS.NAME RSROIHeads, MODEL.RS_LOSS.ENABLED True (Oksuz et
+                           al. 2021: sampling-free RoIs, RS loss on sigmoid scores, score-weighted
+                           GIoU, self-balanced; MODEL.RS_LOSS.*), the same schedule as the others
        variants            PG γ=1 plus named overrides (--variants NAME=KEY VALUE ...) or every
                            combination of --grid KEY=V1,V2 ... (the SPEC §1 ablation: estimator ×
-                           sampled-set NMS × baseline r' × c); a combination identical to PG γ=1
-                           is not run twice;
+                           sampled-set NMS × baseline r' × c); RS loss plus named overrides
+                           (--rs-variants NAME=KEY VALUE ..., e.g. its own learning rate); a
+                           variant identical to a method before it is not run twice;
   3. every final model evaluated again with soft-NMS (``--eval-only MODEL.SOFT_NMS.ENABLED True``,
      MODEL.SOFT_NMS.* as configured) -> <run dir>/soft_nms; greedy NMS is the training run's own
      final evaluation;
@@ -130,14 +135,19 @@ class Method:
     label: str
     slug: str
     opts: Tuple[str, ...]
+    base: Optional["Method"] = None  # for a variant: the method whose overrides it extends
 
 
 PG_GAMMA1 = Method("PG γ=1", "pg_gamma1", ("MODEL.PG.ENABLED", "True", "MODEL.PG.GAMMA", "1.0"))
+# beyond the paper: the ranking loss a user would pick today to train toward AP
+RS_LOSS = Method("RS loss", "rs_loss", ("MODEL.PG.ENABLED", "False", "MODEL.ROI_HEADS.NAME",
+                                        "RSROIHeads", "MODEL.RS_LOSS.ENABLED", "True"))
 METHODS = (
     Method(CONTROL, "finetune_standard", ("MODEL.PG.ENABLED", "False")),
     Method("OHEM", "ohem", ("MODEL.PG.ENABLED", "False", "MODEL.ROI_HEADS.NAME", "OHEMROIHeads")),
     Method("PG γ=0", "pg_gamma0", ("MODEL.PG.ENABLED", "True", "MODEL.PG.GAMMA", "0.0")),
     PG_GAMMA1,
+    RS_LOSS,
 )
 
 
@@ -178,17 +188,25 @@ def pg_variant(name: str, opts: Sequence[str]) -> Method:
     overrides = dict(zip(opts[::2], opts[1::2]))
     gamma = overrides.get("MODEL.PG.GAMMA")
     gamma = "1" if gamma is None else f"{float(gamma):g}"
-    return Method(f"PG γ={gamma}, {name}", "pg_" + _slug(name), PG_GAMMA1.opts + tuple(opts))
+    return Method(f"PG γ={gamma}, {name}", "pg_" + _slug(name), PG_GAMMA1.opts + tuple(opts),
+                  PG_GAMMA1)
 
 
-def parse_variant(text: str) -> Method:
-    """``"NAME=KEY VALUE [KEY VALUE ...]"`` -> PG γ=1 plus those overrides."""
+def rs_variant(name: str, opts: Sequence[str]) -> Method:
+    """RS loss with extra overrides (e.g. its own SOLVER.BASE_LR), filed under `name`."""
+    return Method(f"{RS_LOSS.label}, {name}", "rs_" + _slug(name), RS_LOSS.opts + tuple(opts),
+                  RS_LOSS)
+
+
+def parse_variant(text: str, make=pg_variant, option: str = "--variants") -> Method:
+    """``"NAME=KEY VALUE [KEY VALUE ...]"`` -> PG γ=1 (or, with `make` rs_variant, RS loss)
+    plus those overrides."""
     name, sep, rest = text.partition("=")
     opts = rest.split()
     if not (sep and name.strip() and opts and len(opts) % 2 == 0):
-        raise ConfigError(f"--variants entry {text!r} is not 'NAME=KEY VALUE [KEY VALUE ...]', "
+        raise ConfigError(f"{option} entry {text!r} is not 'NAME=KEY VALUE [KEY VALUE ...]', "
                           "e.g. 'conditional=MODEL.PG.REWARD_ESTIMATOR conditional'.")
-    return pg_variant(name.strip(), opts)
+    return make(name.strip(), opts)
 
 
 def grid_variants(specs: Sequence[str]) -> List[Method]:
@@ -569,8 +587,8 @@ def write_report(args, methods, rows, comparisons, soft_nms_cfg, dataset: str) -
         f"- soft-NMS: {soft_nms_cfg.METHOD}, IoU threshold {soft_nms_cfg.IOU_THRESH}, sigma "
         f"{soft_nms_cfg.SIGMA}, score threshold {soft_nms_cfg.SCORE_THRESH} (MODEL.SOFT_NMS.*).",
     ]
-    notes += [f"- *{m.label}*: the PG γ=1 run's overrides, then "
-              f"`{' '.join(m.opts[len(PG_GAMMA1.opts):])}`" for m in variants]
+    notes += [f"- *{m.label}*: the {m.base.label} run's overrides, then "
+              f"`{' '.join(m.opts[len(m.base.opts):])}`" for m in variants]
     if args.paper_column:
         notes.append("- paper: Rao et al. 2018, Table 1 (COCO minival, ResNet-101); only the AP "
                      "column is shown, all six metrics are in table1.json.")
@@ -661,6 +679,9 @@ def parse_args(argv=None):
                         f"{' '.join(m.slug for m in METHODS)}); the control always runs")
     parser.add_argument("--variants", nargs="+", default=[], metavar="NAME=KEY VALUE ...")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2")
+    parser.add_argument("--rs-variants", nargs="+", default=[], metavar="NAME=KEY VALUE ...",
+                        help="RS loss plus named overrides, e.g. its own learning rate: "
+                        "'lr0.003=SOLVER.BASE_LR 0.003'")
     parser.add_argument("--baseline-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--finetune-opts", nargs="+", default=[], metavar="KEY VALUE")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage (CPU: gloo)")
@@ -703,7 +724,8 @@ def main(argv=None):
         return build_cfg(args.baseline_config, [*args.opts, *args.baseline_opts, *opts])
 
     try:
-        variants = [parse_variant(v) for v in args.variants] + grid_variants(args.grid)
+        variants = [parse_variant(v) for v in args.variants] + grid_variants(args.grid) + [
+            parse_variant(v, rs_variant, "--rs-variants") for v in args.rs_variants]
         methods = distinct_methods(variants, ft_cfg, select_methods(args.methods))
         cfg = ft_cfg(())
         base_cfg(())

@@ -105,6 +105,23 @@ def add_pgdet_config(cfg):
     # B: hardest RoIs per image that are back-propagated (the standard sampler's 512 by default).
     _C.MODEL.OHEM.BATCH_SIZE_PER_IMAGE = 512
 
+    # ---- Rank & Sort loss (Oksuz et al. ICCV 2021, RS-R-CNN; a Table-1 comparator beyond the paper) ----
+    # Read by the ROI heads "RSROIHeads" (MODEL.ROI_HEADS.NAME); pgdet/modeling/comparators/.
+    _C.MODEL.RS_LOSS = CN()
+    # RS loss on sigmoid scores s_k = z_k - z_background for the box classifier, instead of
+    # softmax cross-entropy. Off: detectron2's exact losses and sampling.
+    _C.MODEL.RS_LOSS.ENABLED = False
+    # delta of the smoothed step H that compares two logits (the paper's delta_RS: 0.5).
+    _C.MODEL.RS_LOSS.DELTA = 0.5
+    # The paper's sampling-free training: every proposal is a RoI (MODEL.ROI_HEADS.
+    # BATCH_SIZE_PER_IMAGE and POSITIVE_FRACTION ignored). False: detectron2's sampler.
+    _C.MODEL.RS_LOSS.SAMPLING_FREE = True
+    # "score_weighted_giou" (the paper): GIoU of the predicted boxes weighted by their detached
+    # scores; "standard": detectron2's box loss (MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE).
+    _C.MODEL.RS_LOSS.BOX_LOSS = "score_weighted_giou"
+    # The paper's tuning-free task balance: box loss x detach(L_RS / L_box) every iteration.
+    _C.MODEL.RS_LOSS.SELF_BALANCE = True
+
     # ---- Conv + 2fc box head (paper §4.1, SPEC §3) ----
     _C.MODEL.ROI_BOX_HEAD.CONV_FC_CONV_DIM = 256  # channels of the 3x3 stride-2 conv (→ 7x7x256)
     _C.MODEL.ROI_BOX_HEAD.CONV_FC_CONV_STRIDE = 2  # its stride: 14x14 RoIAlign → 7x7

@@ -57,6 +57,19 @@ def test_config_builds_a_model_that_runs(path):
     assert len(output["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
 
 
+
+@pytest.mark.parametrize("rs_config,base_config", [
+    ("bccd/rs_MobileNetV2_FPN_bccd.yaml", "bccd/ft_MobileNetV2_FPN_bccd.yaml"),
+    ("bccd/rs_scratch_MobileNetV2_FPN_bccd.yaml", "bccd/frcnn_MobileNetV2_FPN_bccd.yaml"),
+    ("demo/rs_MobileNetV2_FPN_demo.yaml", "demo/ft_MobileNetV2_FPN_demo.yaml"),
+])
+def test_rs_config_is_its_base_with_rs_loss(rs_config, base_config):
+    """The RS rows change the loss only: same schedule, weights and data as the config they
+    are compared with."""
+    assert changed_keys(base_config, rs_config) == {
+        "MODEL.ROI_HEADS.NAME", "MODEL.RS_LOSS.ENABLED", "OUTPUT_DIR"}
+    assert load(rs_config).MODEL.ROI_HEADS.NAME == "RSROIHeads"
+
 # ---- the paper's COCO settings (§4.1), shared by the four main models ----
 COMMON = {
     "MODEL.RESNETS.DEPTH": 101,

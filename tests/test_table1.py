@@ -34,6 +34,7 @@ RUNS = {
     "OHEM": "ohem/seed0",
     "PG γ=0": "pg_gamma0/seed0",
     "PG γ=1": "pg_gamma1/seed0",
+    "RS loss": "rs_loss/seed0",
 }
 GAIN = "ΔAP vs standard fine-tune (paired, 95 % CI)"
 PAPER_AP = {("standard (baseline)", "greedy"): "36.3", ("standard (baseline)", "soft-NMS"): "36.9",
@@ -233,6 +234,7 @@ def test_each_stage_trained_and_evaluated_what_its_row_claims(experiment):
         "ohem": (False, None, "OHEMROIHeads"),
         "pg_gamma0": (True, 0.0, "PGROIHeads"),
         "pg_gamma1": (True, 1.0, "PGROIHeads"),
+        "rs_loss": (False, None, "RSROIHeads"),
     }
     weights = str(out / "baseline" / "model_final.pth")
     for folder, (enabled, gamma, heads) in claims.items():
@@ -242,6 +244,7 @@ def test_each_stage_trained_and_evaluated_what_its_row_claims(experiment):
         assert cfg["SOLVER"]["MAX_ITER"] == 2 and cfg["SEED"] == 0
         assert cfg["MODEL"]["PG"]["ENABLED"] is enabled
         assert cfg["MODEL"]["ROI_HEADS"]["NAME"] == heads
+        assert cfg["MODEL"]["RS_LOSS"]["ENABLED"] is (heads == "RSROIHeads")
         if gamma is not None:
             assert cfg["MODEL"]["PG"]["GAMMA"] == gamma
         assert not cfg["MODEL"]["SOFT_NMS"]["ENABLED"]
@@ -251,6 +254,8 @@ def test_each_stage_trained_and_evaluated_what_its_row_claims(experiment):
         assert not (run / "soft_nms" / "model_final.pth").exists()  # evaluated, not trained
     records = [json.loads(line) for line in (out / "pg_gamma1" / "seed0" / "metrics.json").open()]
     assert any("pg/mean_weight" in r for r in records)
+    records = [json.loads(line) for line in (out / "rs_loss" / "seed0" / "metrics.json").open()]
+    assert any("rs/ranking_error" in r for r in records)
 
 
 def test_bootstrap_rescores_what_each_evaluation_scored(experiment):
@@ -295,9 +300,9 @@ def test_figures_are_pngs(experiment):
 
 def test_rerun_reuses_every_stage(experiment):
     assert experiment["before"] == experiment["after"]  # no weights, log or metrics rewritten
-    assert experiment["second"].count("reusing finished run") == 10
+    assert experiment["second"].count("reusing finished run") == 12
     assert "$ " not in experiment["second"]  # no train_net.py command was started
-    assert experiment["first"].count("$ ") == 10
+    assert experiment["first"].count("$ ") == 12
 
 
 def _row(runner, aps, nms="greedy", method="PG γ=1"):
@@ -409,8 +414,9 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
                         for c in (1.0, 2.0)}
     methods = runner.distinct_methods(grid, lambda opts: build_cfg(config, list(opts)))
     # the (joint, no NMS, c = 1) point is the paper's defaults, i.e. PG γ=1 itself
-    assert [m.label for m in methods[:4]] == ["standard fine-tune", "OHEM", "PG γ=0", "PG γ=1"]
-    assert len(methods) == 4 + 7
+    assert [m.label for m in methods[:5]] == ["standard fine-tune", "OHEM", "PG γ=0", "PG γ=1",
+                                              "RS loss"]
+    assert len(methods) == 5 + 7
     variant = runner.parse_variant("sampled mean=MODEL.PG.BASELINE sampled_mean")
     assert variant.slug == "pg_sampled_mean"
     assert variant.opts[-2:] == ("MODEL.PG.BASELINE", "sampled_mean")
@@ -418,6 +424,19 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
     gamma0 = runner.parse_variant("cond g0=MODEL.PG.REWARD_ESTIMATOR conditional MODEL.PG.GAMMA 0.0")
     assert gamma0.label == "PG γ=0, cond g0" and gamma0.slug == "pg_cond_g0"
     assert build_cfg(config, list(gamma0.opts)).MODEL.PG.GAMMA == 0.0
+
+
+def test_rs_variants_extend_the_rs_row_and_duplicates_are_dropped():
+    runner = _load_runner()
+    config = os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml")
+    lr = runner.parse_variant("lr0.003=SOLVER.BASE_LR 0.003", runner.rs_variant)
+    same = runner.parse_variant("delta=MODEL.RS_LOSS.DELTA 0.5", runner.rs_variant)
+    assert lr.label == "RS loss, lr0.003" and lr.slug == "rs_lr0_003" and lr.base.label == "RS loss"
+    cfg = build_cfg(config, list(lr.opts))
+    assert cfg.MODEL.RS_LOSS.ENABLED and cfg.MODEL.ROI_HEADS.NAME == "RSROIHeads"
+    assert cfg.SOLVER.BASE_LR == 0.003
+    methods = runner.distinct_methods([lr, same], lambda opts: build_cfg(config, list(opts)))
+    assert [m.label for m in methods[-2:]] == ["RS loss", "RS loss, lr0.003"]  # δ 0.5: the default
 
 
 def test_methods_option_keeps_the_control():

@@ -35,6 +35,7 @@ from ..data.checks import load_training_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
 from ..modeling import PGFastRCNNOutputLayers, PGRetinaNet
+from ..modeling.comparators import RSFastRCNNOutputLayers
 from .checkpoint import PGCheckpointer
 
 EVAL_FILE = "eval_metrics.json"  # what pgdet.engine.experiment reads
@@ -54,11 +55,17 @@ class _BatchRecorder:
 
 
 def check_pg_model(cfg, model):
-    """MODEL.PG.ENABLED needs pgdet's box predictor or PGRetinaNet; fail at build time, saying
-    what to change."""
+    """MODEL.PG.ENABLED needs pgdet's box predictors (or PGRetinaNet), MODEL.RS_LOSS.ENABLED the
+    RS box predictor; fail at build time, saying what to change."""
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    if cfg.MODEL.RS_LOSS.ENABLED and not isinstance(predictor, RSFastRCNNOutputLayers):
+        raise ValueError(
+            f"MODEL.RS_LOSS.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the "
+            f"box predictor {type(predictor).__name__}, which has no RS loss. Set "
+            "MODEL.ROI_HEADS.NAME to RSROIHeads."
+        )
     if not cfg.MODEL.PG.ENABLED or isinstance(model, PGRetinaNet):
         return
-    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     # a cascade has one predictor per stage
     predictors = list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
     unfit = [p for p in predictors if not isinstance(p, PGFastRCNNOutputLayers)]

@@ -2,7 +2,7 @@
 
 - ``pg``: the method (reward, advantages, the PG loss, and the ROI heads and RetinaNet that
   use it);
-- ``comparators``: what the paper compares it with in Table 1 (soft-NMS, OHEM);
+- ``comparators``: what Table 1 compares it with (soft-NMS, OHEM; RS loss, beyond the paper);
 - ``architectures``: the paper's backbone, RPN head and box head, and a timm backbone.
 """
 # comparators before pg: OHEM subclasses PGROIHeads and the PG predictor calls soft-NMS, and only
@@ -13,7 +13,7 @@ from .architectures import (
     build_resnet_dilated_fpn_backbone,
     build_timm_fpn_backbone,
 )
-from .comparators import OHEMROIHeads
+from .comparators import OHEMROIHeads, RSROIHeads
 from .pg import PGCascadeROIHeads, PGFastRCNNOutputLayers, PGRetinaNet, PGROIHeads
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "PGROIHeads",
     "PGRetinaNet",
     "PerLevelAnchorRPNHead",
+    "RSROIHeads",
     "StridedConvFCHead",
     "build_resnet_dilated_fpn_backbone",
     "build_timm_fpn_backbone",
