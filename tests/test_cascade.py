@@ -15,7 +15,9 @@ from detectron2.modeling import build_roi_heads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from test_coco_json import write_tiny_coco
-from test_mask_rcnn import RANDOM_WEIGHTS, _losses_and_mask_grads, _roi_heads_inputs
+from test_mask_rcnn import (
+    RANDOM_WEIGHTS, _losses_and_mask_grads, _roi_heads_inputs, pg_and_detectron2_heads,
+)
 
 from pgdet.data import register_datasets_from_cfg
 from pgdet.engine import Trainer, build_cfg
@@ -34,15 +36,9 @@ NUM_EMPTY = 3  # proposals per image made empty (zero width)
 def _cascade_heads(pg_enabled, cascade_stages="last", opts=()):
     """PGCascadeROIHeads of the cascade config and detectron2's CascadeROIHeads with the same
     weights, in training mode."""
-    cfg = build_cfg(CASCADE_CONFIG, [*RANDOM_WEIGHTS, "MODEL.PG.ENABLED", str(pg_enabled),
-                                     "MODEL.PG.CASCADE_STAGES", cascade_stages, "SEED", "0", *opts])
-    torch.manual_seed(1)
-    pg_heads = build_roi_heads(cfg, SHAPES).train()
-    cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
-    reference = build_roi_heads(cfg, SHAPES).train()
-    assert type(reference).__name__ == "CascadeROIHeads"
-    pg_heads.load_state_dict(reference.state_dict())
-    return pg_heads, reference
+    return pg_and_detectron2_heads(
+        CASCADE_CONFIG, ["MODEL.PG.ENABLED", str(pg_enabled), "MODEL.PG.CASCADE_STAGES",
+                         cascade_stages, "SEED", "0", *opts], "CascadeROIHeads")
 
 
 def _inputs_with_empty_proposals():

@@ -59,16 +59,25 @@ def _losses_and_mask_grads(heads, seed=0):
     return losses, [p.grad.clone() for p in heads.mask_head.parameters()], set(storage.latest())
 
 
-def _pg_and_detectron2_heads(pg_enabled):
-    cfg = build_cfg(MASK_CONFIG, [*RANDOM_WEIGHTS, "MODEL.PG.ENABLED", str(pg_enabled)])
-    shapes = {f"p{level}": ShapeSpec(channels=256, stride=2 ** level) for level in (2, 3, 4, 5)}
+FPN_SHAPES = {f"p{level}": ShapeSpec(channels=256, stride=2 ** level) for level in (2, 3, 4, 5)}
+
+
+def pg_and_detectron2_heads(config, opts, reference_name):
+    """pgdet's ROI heads of `config` + `opts` (random weights) and detectron2's `reference_name`
+    heads with the same weights, both in training mode."""
+    cfg = build_cfg(config, [*RANDOM_WEIGHTS, *opts])
     torch.manual_seed(1)
-    pg_heads = build_roi_heads(cfg, shapes).train()
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    reference = build_roi_heads(cfg, shapes).train()
-    assert type(reference).__name__ == "StandardROIHeads"
+    pg_heads = build_roi_heads(cfg, FPN_SHAPES).train()
+    cfg.MODEL.ROI_HEADS.NAME = reference_name
+    reference = build_roi_heads(cfg, FPN_SHAPES).train()
+    assert type(reference).__name__ == reference_name
     pg_heads.load_state_dict(reference.state_dict())
     return pg_heads, reference
+
+
+def _pg_and_detectron2_heads(pg_enabled):
+    return pg_and_detectron2_heads(MASK_CONFIG, ["MODEL.PG.ENABLED", str(pg_enabled)],
+                                   "StandardROIHeads")
 
 
 def test_without_pg_box_and_mask_losses_are_detectron2s():
