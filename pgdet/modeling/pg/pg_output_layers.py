@@ -11,6 +11,7 @@ so with A = 0 and γ = 1 it is detectron2's cross-entropy and the learning rate 
 At test time it runs greedy NMS (detectron2's) or, with ``MODEL.SOFT_NMS.ENABLED``, soft-NMS.
 """
 import time
+from dataclasses import replace
 from typing import List
 
 import torch
@@ -24,47 +25,55 @@ from detectron2.utils.events import get_event_storage
 
 from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
 from .policy_gradient import (
-    ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings, compute_advantages,
+    ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, InferenceThresholds, PGSettings,
+    compute_advantages,
 )
 
 
-def check_pg_config(cfg):
-    """Fail at build time, naming the key, when a MODEL.PG option cannot work."""
-    pg = cfg.MODEL.PG
+def check_pg_options(enabled: bool, gamma: float, reward_scale: float, settings: PGSettings,
+                     use_sigmoid_ce: bool):
+    """Fail at build time, naming the MODEL.PG key, when a PG option cannot work.
+
+    Called by :class:`PGFastRCNNOutputLayers` on the values it is built with, so a YAML config
+    (through ``from_config``) and a LazyConfig (explicit arguments; ``pg_<key>`` and
+    ``PGSettings.<key>`` are MODEL.PG.<KEY> in lower case) fail with the same messages.
+    """
     problems = []
-    if pg.NUM_SAMPLES < 1:
-        problems.append(f"MODEL.PG.NUM_SAMPLES must be >= 1 (k actions per image), got {pg.NUM_SAMPLES}")
-    if pg.GAMMA < 0:
-        problems.append(f"MODEL.PG.GAMMA must be >= 0 (weight of cross-entropy), got {pg.GAMMA}")
-    if pg.REWARD_SCALE < 0:
-        problems.append(f"MODEL.PG.REWARD_SCALE must be >= 0, got {pg.REWARD_SCALE}")
-    if len(pg.IOU_THRESHOLDS) == 0 or not all(0 < t <= 1 for t in pg.IOU_THRESHOLDS):
+    if settings.num_samples < 1:
+        problems.append(f"MODEL.PG.NUM_SAMPLES must be >= 1 (k actions per image), got {settings.num_samples}")
+    if gamma < 0:
+        problems.append(f"MODEL.PG.GAMMA must be >= 0 (weight of cross-entropy), got {gamma}")
+    if reward_scale < 0:
+        problems.append(f"MODEL.PG.REWARD_SCALE must be >= 0, got {reward_scale}")
+    thresholds = settings.iou_thresholds
+    if len(thresholds) == 0 or not all(0 < t <= 1 for t in thresholds):
         problems.append(
             f"MODEL.PG.IOU_THRESHOLDS must be a non-empty list of values in (0, 1], "
-            f"got {list(pg.IOU_THRESHOLDS)}"
+            f"got {list(thresholds)}"
         )
-    if pg.MAX_DETECTIONS < 1:
-        problems.append(f"MODEL.PG.MAX_DETECTIONS must be >= 1, got {pg.MAX_DETECTIONS}")
-    if pg.REWARD_ESTIMATOR not in REWARD_ESTIMATORS:
+    if settings.max_detections < 1:
+        problems.append(f"MODEL.PG.MAX_DETECTIONS must be >= 1, got {settings.max_detections}")
+    estimator = settings.reward_estimator
+    if estimator not in REWARD_ESTIMATORS:
         problems.append(
-            f"MODEL.PG.REWARD_ESTIMATOR must be one of {REWARD_ESTIMATORS}, got {pg.REWARD_ESTIMATOR!r}"
+            f"MODEL.PG.REWARD_ESTIMATOR must be one of {REWARD_ESTIMATORS}, got {estimator!r}"
         )
-    if pg.BASELINE not in BASELINES:
-        problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {pg.BASELINE!r}")
-    if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
+    if settings.baseline not in BASELINES:
+        problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {settings.baseline!r}")
+    if settings.advantage_norm not in ADVANTAGE_NORMS:
         problems.append(
-            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
+            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {settings.advantage_norm!r}"
         )
-    if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
+    if settings.suppressor_credit and estimator != "swap":
         problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
                         "candidate: it needs MODEL.PG.REWARD_ESTIMATOR swap")
-    if pg.REWARD_ESTIMATOR == "reinforce" and pg.NUM_SAMPLES < 2:
+    if estimator == "reinforce" and settings.num_samples < 2:
         problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
-                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {pg.NUM_SAMPLES}")
-    if pg.REWARD_ESTIMATOR == "swap" and pg.BASELINE != "nms":
+                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {settings.num_samples}")
+    if estimator == "swap" and settings.baseline != "nms":
         problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
                         "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
-    if pg.ENABLED and cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False):
+    if enabled and use_sigmoid_ce:
         problems.append("MODEL.PG.ENABLED needs softmax scores: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
     if problems:
         raise ValueError("Invalid policy-gradient config:\n  " + "\n  ".join(problems))
@@ -118,25 +127,30 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
             pg_enabled: use the PG-weighted cross-entropy instead of plain cross-entropy.
             pg_gamma: γ of eq. 10, the weight of the cross-entropy term.
             pg_reward_scale: c of supplement Appendix C, the scale of the advantage.
-            pg_settings: sampling, reward and baseline options (see PGSettings).
+            pg_settings: sampling, reward and baseline options (see PGSettings). The test-time
+                thresholds of the baseline D are not among them: D is made with this layer's own
+                ``test_score_thresh``, ``test_nms_thresh`` and ``test_topk_per_image``.
             pg_seed: base seed of the action sampling; the stream of an iteration is a function
                 of (seed, iteration, rank), so runs are reproducible and resumable and every DDP
-                process draws its own actions.
+                process draws its own actions. < 0 ("random", as detectron2's SEED -1): one
+                seed drawn here and shared by the processes.
             soft_nms: keyword options of fast_rcnn_inference_soft_nms, or None for greedy NMS.
+
+        Both construction paths (``from_config`` for YAML, these arguments for a LazyConfig)
+        are validated here by :func:`check_pg_options`.
         """
         super().__init__(*args, **kwargs)
+        pg_settings = replace(pg_settings, iou_thresholds=tuple(pg_settings.iou_thresholds))
+        check_pg_options(pg_enabled, pg_gamma, pg_reward_scale, pg_settings, self.use_sigmoid_ce)
         self.pg_enabled = pg_enabled
         self.pg_gamma = pg_gamma
         self.pg_reward_scale = pg_reward_scale
         self.pg_settings = pg_settings
-        self.pg_seed = pg_seed
+        self.pg_seed = pg_seed if pg_seed >= 0 else comm.shared_random_seed()
         self.soft_nms = soft_nms
-        if pg_enabled and self.use_sigmoid_ce:
-            raise ValueError("The policy gradient needs softmax scores (USE_SIGMOID_CE False)")
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        check_pg_config(cfg)
         check_soft_nms_config(cfg)
         ret = super().from_config(cfg, input_shape)
         pg = cfg.MODEL.PG
@@ -151,16 +165,14 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 baseline=pg.BASELINE,
                 iou_thresholds=tuple(pg.IOU_THRESHOLDS),
                 max_detections=pg.MAX_DETECTIONS,
-                test_score_thresh=cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-                test_nms_thresh=cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
                 include_gt_proposals=pg.INCLUDE_GT_PROPOSALS,
                 kept_box_credit=pg.KEPT_BOX_CREDIT,
                 suppressor_credit=pg.SUPPRESSOR_CREDIT,
                 advantage_norm=pg.ADVANTAGE_NORM,
             ),
             # SEED < 0 means "random" in detectron2: the Trainer resolves it to the run's drawn
-            # seed before building the model; a model built elsewhere draws its own.
-            pg_seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
+            # seed before building the model; a model built elsewhere draws its own (__init__).
+            pg_seed=cfg.SEED,
             soft_nms=None
             if not cfg.MODEL.SOFT_NMS.ENABLED
             else dict(
@@ -171,6 +183,12 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
             ),
         )
         return ret
+
+    def inference_thresholds(self) -> InferenceThresholds:
+        """The thresholds :meth:`inference` uses now, for the baseline D of the loss."""
+        return InferenceThresholds(
+            self.test_score_thresh, self.test_nms_thresh, self.test_topk_per_image
+        )
 
     def _generator(self, device, iteration: int) -> torch.Generator:
         """The random stream of one iteration on this process (see pg_seed)."""
@@ -207,6 +225,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 [p._pg_targets for p in proposals],
                 self.pg_settings,
                 self._generator(scores.device, storage.iter),
+                self.inference_thresholds(),
             )
             weights = self.pg_reward_scale * pg.advantages + self.pg_gamma
         self._log_pg_stats(storage, pg, weights, time.perf_counter() - start)

@@ -4,7 +4,8 @@ For each image of a training batch this module turns the box predictor's outputs
 RoIs into one advantage per RoI, ``A_b = r(b) - r'``:
 
 1. the *baseline* detections D: detectron2's test-time inference (score threshold, class-wise
-   NMS, top-N) on the same RoIs, scored with the per-image COCO AP -> ``r'`` (eq. 9);
+   NMS, top-N, at the box predictor's own thresholds: :class:`InferenceThresholds`) on the same
+   RoIs, scored with the per-image COCO AP -> ``r'`` (eq. 9);
 2. the *candidates*: foreground RoIs, each with its ground-truth class ``l_b`` (eq. 7), the box
    decoded for that class, and its probability ``p_b``;
 3. k *actions*: each candidate kept independently with probability ``p_b`` (Bernoulli), capped
@@ -82,7 +83,8 @@ FROM_GT_FIELD = "pg_from_gt"
 
 @dataclass
 class PGSettings:
-    """The PG hyper-parameters (MODEL.PG.* and the test-time inference used for the baseline)."""
+    """The PG hyper-parameters: MODEL.PG.<FIELD IN UPPER CASE> (pgdet/config.py), except
+    ENABLED, GAMMA and REWARD_SCALE, which the box predictor applies itself."""
 
     num_samples: int = 10
     reward_estimator: str = "joint"
@@ -90,12 +92,25 @@ class PGSettings:
     baseline: str = "nms"
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS
     max_detections: int = 100
-    test_score_thresh: float = 0.05
-    test_nms_thresh: float = 0.5
     include_gt_proposals: bool = False
     kept_box_credit: bool = False
     suppressor_credit: bool = False
     advantage_norm: str = "none"
+
+
+@dataclass(frozen=True)
+class InferenceThresholds:
+    """detectron2's test-time inference that makes D and decides NMS suppression: the box
+    predictor's own ``test_score_thresh``, ``test_nms_thresh`` and ``test_topk_per_image``.
+
+    Not part of PGSettings on purpose: :class:`PGFastRCNNOutputLayers` builds it from the
+    attributes its inference uses at every loss call, so r' scores exactly what inference
+    outputs and no second copy of the thresholds can drift from them (defaults: detectron2's).
+    """
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    topk_per_image: int = 100
 
 
 @dataclass
@@ -146,7 +161,7 @@ def _pad_stack(tensors: List[torch.Tensor], length: int, fill, dim: int = 0) -> 
     return out
 
 
-def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings):
+def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings, nms_thresh: float):
     """Turn k Bernoulli draws into k detection sets (SPEC §1 step 4).
 
     selected [k, C] bool, scores [C], boxes [C, 4], classes [C] -> [k, C] bool: each action's
@@ -157,7 +172,7 @@ def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings):
         action_idx, cand_idx = selected.nonzero(as_tuple=True)
         # one batched NMS over all actions: groups are (action, class) pairs
         groups = action_idx * (int(classes.max()) + 1) + classes[cand_idx]
-        keep = batched_nms(boxes[cand_idx], scores[cand_idx], groups, settings.test_nms_thresh)
+        keep = batched_nms(boxes[cand_idx], scores[cand_idx], groups, nms_thresh)
         selected = torch.zeros_like(selected)
         selected[action_idx[keep], cand_idx[keep]] = True
     if num_cand > settings.max_detections:
@@ -213,7 +228,8 @@ def _leave_one_out_sets(num_base: int, num_cand: int, device) -> torch.Tensor:
     return sets
 
 
-def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -> _ImageSets:
+def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, nms_thresh,
+                generator) -> _ImageSets:
     """Candidates, pool and membership of one image with ground truth (steps 2-3).
 
     prob [R_i, K+1]; box [R_i, K*4] or [R_i, 4]; base: D as Instances with ``base_rois`` [|D|]
@@ -243,8 +259,7 @@ def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
         drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
-        suppressor = _suppressors(base, cand_boxes, cand_scores, cand_classes,
-                                  settings.test_nms_thresh)
+        suppressor = _suppressors(base, cand_boxes, cand_scores, cand_classes, nms_thresh)
         estimator_sets = _swap_sets(num_base, suppressor)
     else:
         draws = torch.rand((settings.num_samples, num_cand), generator=generator, device=device)
@@ -252,7 +267,7 @@ def _image_sets(i, prob, box, prop, tgt, base, base_rois, settings, generator) -
         estimator_sets = torch.zeros((settings.num_samples, pool), dtype=torch.bool,
                                      device=device)
         estimator_sets[:, num_base:] = _cap_and_nms(drawn, cand_scores, cand_boxes,
-                                                    cand_classes, settings)
+                                                    cand_classes, settings, nms_thresh)
     baseline_set = torch.zeros((1, pool), dtype=torch.bool, device=device)
     baseline_set[0, :num_base] = True
     sets = [baseline_set, estimator_sets]
@@ -277,7 +292,8 @@ def _test_time_rois(prop: Instances, settings: PGSettings) -> torch.Tensor:
     return torch.ones(len(prop), dtype=torch.bool, device=prop.gt_classes.device)
 
 
-def _baseline_detections(probs, boxes, proposals, settings: PGSettings):
+def _baseline_detections(probs, boxes, proposals, settings: PGSettings,
+                         inference: InferenceThresholds):
     """D of every image: detectron2's test-time inference over the RoIs that exist at test time
     (appended ground-truth RoIs left out unless ``include_gt_proposals``).
 
@@ -287,8 +303,8 @@ def _baseline_detections(probs, boxes, proposals, settings: PGSettings):
     baseline, baseline_rois = fast_rcnn_inference(
         [b[idx] for b, idx in zip(boxes, kept_rois)],
         [p[idx] for p, idx in zip(probs, kept_rois)],
-        [p.image_size for p in proposals], settings.test_score_thresh,
-        settings.test_nms_thresh, settings.max_detections,
+        [p.image_size for p in proposals], inference.score_thresh, inference.nms_thresh,
+        inference.topk_per_image,
     )
     return baseline, [idx[rois] for idx, rois in zip(kept_rois, baseline_rois)]
 
@@ -321,6 +337,7 @@ def compute_advantages(
     targets: List[Instances],
     settings: PGSettings,
     generator: torch.Generator,
+    inference: InferenceThresholds = InferenceThresholds(),
 ) -> PGAdvantages:
     """Advantages ``A_b`` for every sampled RoI of a batch.
 
@@ -333,6 +350,7 @@ def compute_advantages(
             every ground-truth box, also those that no sampled RoI matched.
         settings: the PG hyper-parameters.
         generator: random stream for the Bernoulli actions, on the probabilities' device.
+        inference: the test-time inference that makes D (the box predictor's thresholds).
     """
     device = probs[0].device if probs else torch.device("cpu")
     num_rois = [len(p) for p in proposals]
@@ -341,9 +359,10 @@ def compute_advantages(
     swap = settings.reward_estimator == "swap"
     num_sampled = 1 if swap else settings.num_samples
 
-    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings)
+    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings, inference)
     per_image = [  # only images with ground truth have a reward
-        _image_sets(i, prob, box, prop, tgt, baseline[i], baseline_rois[i], settings, generator)
+        _image_sets(i, prob, box, prop, tgt, baseline[i], baseline_rois[i], settings,
+                    inference.nms_thresh, generator)
         for i, (prob, box, prop, tgt) in enumerate(zip(probs, boxes, proposals, targets))
         if len(tgt) > 0
     ]
