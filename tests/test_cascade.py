@@ -56,8 +56,8 @@ def _spy_on_baseline_detections(monkeypatch):
     calls = []
     original = policy_gradient._baseline_detections
 
-    def recording(probs, boxes, proposals, settings):
-        baseline, rois = original(probs, boxes, proposals, settings)
+    def recording(probs, boxes, proposals, *rest):  # rest: settings, the predictor's thresholds
+        baseline, rois = original(probs, boxes, proposals, *rest)
         calls.append((proposals, baseline, rois))
         return baseline, rois
 

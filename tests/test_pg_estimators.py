@@ -19,7 +19,8 @@ from pgdet.config import add_pgdet_config
 from pgdet.modeling import PGROIHeads
 from pgdet.modeling.pg.pg_output_layers import PGFastRCNNOutputLayers
 from pgdet.modeling.pg.policy_gradient import (
-    FROM_GT_FIELD, REWARD_ESTIMATORS, PGSettings, _cap_and_nms, compute_advantages,
+    FROM_GT_FIELD, REWARD_ESTIMATORS, InferenceThresholds, PGSettings, _cap_and_nms,
+    compute_advantages,
 )
 
 # ---- one image, 8 candidates on 2 objects: every one of the 256 actions can be enumerated ----
@@ -68,8 +69,8 @@ def _monte_carlo(**settings):
     """The estimator with 20000 actions; score threshold 1.0 empties D (r' = 0)."""
     cand, probs, props, gt = _enumerable_case()
     pg = compute_advantages([probs], [cand.repeat(1, NUM_CLASSES)], [props], [gt],
-        PGSettings(num_samples=20000, test_score_thresh=1.0, **settings),
-        torch.Generator().manual_seed(0))
+        PGSettings(num_samples=20000, **settings),
+        torch.Generator().manual_seed(0), InferenceThresholds(score_thresh=1.0))
     assert pg.baseline_reward.item() == 0.0
     return pg
 
@@ -116,9 +117,8 @@ def test_sampled_mean_baseline_and_joint_estimate_by_hand():
     draws = torch.rand((3, 8), generator=torch.Generator().manual_seed(4)) < P_B
     rewards = torch.tensor([_action_rewards(False)[tuple(int(x) for x in row)] for row in draws])
     pg = compute_advantages([probs], [cand.repeat(1, NUM_CLASSES)], [props], [gt],
-                            PGSettings(num_samples=3, baseline="sampled_mean",
-                                       test_score_thresh=1.0),
-                            torch.Generator().manual_seed(4))
+                            PGSettings(num_samples=3, baseline="sampled_mean"),
+                            torch.Generator().manual_seed(4), InferenceThresholds(score_thresh=1.0))
     assert pg.baseline_reward.item() == pytest.approx(rewards.mean().item(), abs=1e-6)
     expected = ((rewards[:, None] * draws).sum(0) / 3 - rewards.mean()).float()
     torch.testing.assert_close(pg.advantages, expected, atol=1e-6, rtol=0)
@@ -131,7 +131,7 @@ def test_detection_cap_keeps_the_best_scores_of_each_action():
     drawn = torch.rand((4, 150), generator=g) < 0.9
     boxes = torch.rand(150, 4, generator=g)
     capped = _cap_and_nms(drawn, scores, boxes, torch.zeros(150, dtype=torch.long),
-                          PGSettings(max_detections=100))
+                          PGSettings(max_detections=100), nms_thresh=0.5)
     for action in range(4):
         chosen = sorted(drawn[action].nonzero().flatten().tolist(), key=lambda b: -scores[b])
         assert len(chosen) > 100

@@ -22,7 +22,9 @@ from pycocotools.cocoeval import COCOeval
 
 import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.modeling.pg.pg_output_layers import PGFastRCNNOutputLayers
-from pgdet.modeling.pg.policy_gradient import PGAdvantages, PGSettings, compute_advantages
+from pgdet.modeling.pg.policy_gradient import (
+    InferenceThresholds, PGAdvantages, PGSettings, compute_advantages,
+)
 
 NUM_CLASSES = 3
 IMAGE_SIZE = (200, 240)
@@ -165,9 +167,9 @@ def test_estimator_converges_to_enumerated_expectation(estimator):
         exact /= p_b
 
     # score threshold 1.0 empties the NMS baseline D: r' = 0 and no candidate is in D, so A_b = r(b)
-    settings = PGSettings(num_samples=20000, reward_estimator=estimator, test_score_thresh=1.0)
+    settings = PGSettings(num_samples=20000, reward_estimator=estimator)
     pg = compute_advantages([probs], [boxes], [props], [gt], settings,
-                            torch.Generator().manual_seed(0))
+                            torch.Generator().manual_seed(0), InferenceThresholds(score_thresh=1.0))
     assert pg.baseline_reward.item() == 0.0
     torch.testing.assert_close(pg.advantages, exact, atol=0.012, rtol=0)
 

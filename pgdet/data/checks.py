@@ -8,7 +8,7 @@ import difflib
 import json
 import logging
 import os
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Tuple, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
@@ -107,7 +107,8 @@ class DatasetContentError(ValueError):
     """A dataset whose annotations pgdet cannot train on; the message names the file or image."""
 
 
-def load_training_dicts(names: Iterable[str], num_classes: int, filter_empty: bool) -> List[dict]:
+def load_training_dicts(names: Union[str, Iterable[str]], num_classes: int,
+                        filter_empty: bool) -> List[dict]:
     """detectron2's ``get_detection_dataset_dicts``, with errors that name the bad file or image.
 
     A malformed annotation json otherwise fails with a bare JSONDecodeError, and a category id
@@ -115,7 +116,7 @@ def load_training_dicts(names: Iterable[str], num_classes: int, filter_empty: bo
     their image or without area are clipped or dropped with a count in the log
     (:func:`clip_and_drop_bad_boxes`).
     """
-    names = list(names)
+    names = [names] if isinstance(names, str) else list(names)  # one name, as detectron2 takes
     try:
         dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except json.JSONDecodeError as e:

@@ -86,9 +86,22 @@ def num_classes(cfg) -> int:
     return cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
+def create_ddp(model, **kwargs):
+    """detectron2's ``create_ddp_model`` (DDP when there are several processes), also for a model
+    on CPU: DDP takes ``device_ids`` only for a module on one GPU, for CPU it must be None."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
+def resolve_seed(seed: int) -> int:
+    """`seed`, or if it is < 0 ("random" in detectron2) one drawn by rank 0 for all processes."""
+    return seed if seed >= 0 else comm.shared_random_seed()
+
+
 def run_seed(cfg) -> int:
     """The seed shared by all processes of a run (SEED, or one drawn by rank 0 if SEED < 0)."""
-    return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    return resolve_seed(cfg.SEED)
 
 
 def with_run_seed(cfg):
@@ -130,11 +143,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         self._batches = _BatchRecorder(self.build_train_loader(cfg))
-        # DDP takes device_ids only for a module on one GPU; for CPU it must be None.
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        model = create_ddp_model(
-            model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
-        )
+        model = create_ddp(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, self._batches, optimizer
         )

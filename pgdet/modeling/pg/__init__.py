@@ -13,11 +13,12 @@ from .pg_cascade_roi_heads import PGCascadeROIHeads
 from .pg_output_layers import PGFastRCNNOutputLayers
 from .pg_retinanet import PGRetinaNet
 from .pg_roi_heads import PGROIHeads
-from .policy_gradient import PGAdvantages, PGSettings, compute_advantages
+from .policy_gradient import InferenceThresholds, PGAdvantages, PGSettings, compute_advantages
 from .reward import COCO_IOU_THRESHOLDS, image_ap
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
+    "InferenceThresholds",
     "PGAdvantages",
     "PGCascadeROIHeads",
     "PGFastRCNNOutputLayers",

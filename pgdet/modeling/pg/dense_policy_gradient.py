@@ -165,9 +165,10 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
         images = _dense_images(anchors, [s.detach() for s in scores],
                                [d.detach() for d in deltas], gt_labels, targets, image_sizes,
                                box2box_transform, inference)
+        # the detector's own NMS threshold (D's), as the two-stage path passes its predictor's
         pg = advantages_of_images(images, options.settings,
                                   action_generator(options.seed, log_probs.device, storage.iter),
-                                  log_probs.device)
+                                  log_probs.device, inference.nms_thresh)
         advantages = pg.advantages.view_as(log_probs)
         weights = options.reward_scale * pg.advantages[pg.candidate_mask] + options.gamma
     log_pg_stats(storage, pg, weights, time.perf_counter() - start)

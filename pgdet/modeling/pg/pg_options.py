@@ -13,50 +13,95 @@ from .policy_gradient import ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSe
 CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascadeROIHeads)
 
 
+def check_pg_options(enabled: bool, gamma: float, reward_scale: float, settings: PGSettings,
+                     use_sigmoid_ce: bool):
+    """Fail at build time, naming the MODEL.PG key, when a PG option cannot work.
+
+    On plain values, so every construction path runs it: :func:`check_pg_config` (a YAML
+    config) and :class:`PGFastRCNNOutputLayers` on the arguments it is built with (a LazyConfig
+    passes them explicitly; ``pg_<key>`` and ``PGSettings.<key>`` are MODEL.PG.<KEY> in lower
+    case), so both paths fail with the same messages.
+    """
+    _raise_if(_pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce))
+
+
 def check_pg_config(cfg):
-    """Fail at build time, naming the key, when a MODEL.PG option cannot work."""
+    """Fail at build time, naming the key, when a MODEL.PG option cannot work: the options of
+    :func:`check_pg_options`, read from `cfg`, and MODEL.PG.CASCADE_STAGES."""
     pg = cfg.MODEL.PG
-    problems = []
-    if pg.NUM_SAMPLES < 1:
-        problems.append(f"MODEL.PG.NUM_SAMPLES must be >= 1 (k actions per image), got {pg.NUM_SAMPLES}")
-    if pg.GAMMA < 0:
-        problems.append(f"MODEL.PG.GAMMA must be >= 0 (weight of cross-entropy), got {pg.GAMMA}")
-    if pg.REWARD_SCALE < 0:
-        problems.append(f"MODEL.PG.REWARD_SCALE must be >= 0, got {pg.REWARD_SCALE}")
-    if len(pg.IOU_THRESHOLDS) == 0 or not all(0 < t <= 1 for t in pg.IOU_THRESHOLDS):
-        problems.append(
-            f"MODEL.PG.IOU_THRESHOLDS must be a non-empty list of values in (0, 1], "
-            f"got {list(pg.IOU_THRESHOLDS)}"
-        )
-    if pg.MAX_DETECTIONS < 1:
-        problems.append(f"MODEL.PG.MAX_DETECTIONS must be >= 1, got {pg.MAX_DETECTIONS}")
-    if pg.REWARD_ESTIMATOR not in REWARD_ESTIMATORS:
-        problems.append(
-            f"MODEL.PG.REWARD_ESTIMATOR must be one of {REWARD_ESTIMATORS}, got {pg.REWARD_ESTIMATOR!r}"
-        )
-    if pg.BASELINE not in BASELINES:
-        problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {pg.BASELINE!r}")
-    if pg.ADVANTAGE_NORM not in ADVANTAGE_NORMS:
-        problems.append(
-            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {pg.ADVANTAGE_NORM!r}"
-        )
-    if pg.CASCADE_STAGES not in CASCADE_STAGES:
-        problems.append(
-            f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {pg.CASCADE_STAGES!r}"
-        )
-    if pg.SUPPRESSOR_CREDIT and pg.REWARD_ESTIMATOR != "swap":
-        problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
-                        "candidate: it needs MODEL.PG.REWARD_ESTIMATOR swap")
-    if pg.REWARD_ESTIMATOR == "reinforce" and pg.NUM_SAMPLES < 2:
-        problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
-                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {pg.NUM_SAMPLES}")
-    if pg.REWARD_ESTIMATOR == "swap" and pg.BASELINE != "nms":
-        problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
-                        "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
-    if pg.ENABLED and cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False):
-        problems.append("MODEL.PG.ENABLED needs softmax scores: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
+    _raise_if(_pg_option_problems(
+        pg.ENABLED, pg.GAMMA, pg.REWARD_SCALE, _settings_from_cfg(cfg),
+        cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False), cascade_stages=pg.CASCADE_STAGES,
+    ))
+
+
+def _raise_if(problems):
     if problems:
         raise ValueError("Invalid policy-gradient config:\n  " + "\n  ".join(problems))
+
+
+def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_sigmoid_ce,
+                        cascade_stages=None):
+    """The messages of the invalid options (CASCADE_STAGES checked when given, in its place)."""
+    problems = []
+    if settings.num_samples < 1:
+        problems.append(f"MODEL.PG.NUM_SAMPLES must be >= 1 (k actions per image), got {settings.num_samples}")
+    if gamma < 0:
+        problems.append(f"MODEL.PG.GAMMA must be >= 0 (weight of cross-entropy), got {gamma}")
+    if reward_scale < 0:
+        problems.append(f"MODEL.PG.REWARD_SCALE must be >= 0, got {reward_scale}")
+    thresholds = settings.iou_thresholds
+    if len(thresholds) == 0 or not all(0 < t <= 1 for t in thresholds):
+        problems.append(
+            f"MODEL.PG.IOU_THRESHOLDS must be a non-empty list of values in (0, 1], "
+            f"got {list(thresholds)}"
+        )
+    if settings.max_detections < 1:
+        problems.append(f"MODEL.PG.MAX_DETECTIONS must be >= 1, got {settings.max_detections}")
+    estimator = settings.reward_estimator
+    if estimator not in REWARD_ESTIMATORS:
+        problems.append(
+            f"MODEL.PG.REWARD_ESTIMATOR must be one of {REWARD_ESTIMATORS}, got {estimator!r}"
+        )
+    if settings.baseline not in BASELINES:
+        problems.append(f"MODEL.PG.BASELINE must be one of {BASELINES}, got {settings.baseline!r}")
+    if settings.advantage_norm not in ADVANTAGE_NORMS:
+        problems.append(
+            f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {settings.advantage_norm!r}"
+        )
+    if cascade_stages is not None and cascade_stages not in CASCADE_STAGES:
+        problems.append(
+            f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {cascade_stages!r}"
+        )
+    if settings.suppressor_credit and estimator != "swap":
+        problems.append("MODEL.PG.SUPPRESSOR_CREDIT moves the box that suppressed a swapped "
+                        "candidate: it needs MODEL.PG.REWARD_ESTIMATOR swap")
+    if estimator == "reinforce" and settings.num_samples < 2:
+        problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
+                        f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {settings.num_samples}")
+    if estimator == "swap" and settings.baseline != "nms":
+        problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
+                        "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
+    if enabled and use_sigmoid_ce:
+        problems.append("MODEL.PG.ENABLED needs softmax scores: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
+    return problems
+
+
+def _settings_from_cfg(cfg) -> PGSettings:
+    """MODEL.PG's PGSettings (no thresholds: D's are the detector's own, see PGSettings)."""
+    pg = cfg.MODEL.PG
+    return PGSettings(
+        num_samples=pg.NUM_SAMPLES,
+        reward_estimator=pg.REWARD_ESTIMATOR,
+        sample_nms=pg.SAMPLE_NMS,
+        baseline=pg.BASELINE,
+        iou_thresholds=tuple(pg.IOU_THRESHOLDS),
+        max_detections=pg.MAX_DETECTIONS,
+        include_gt_proposals=pg.INCLUDE_GT_PROPOSALS,
+        kept_box_credit=pg.KEPT_BOX_CREDIT,
+        suppressor_credit=pg.SUPPRESSOR_CREDIT,
+        advantage_norm=pg.ADVANTAGE_NORM,
+    )
 
 
 class PGOptions(NamedTuple):
@@ -71,28 +116,17 @@ class PGOptions(NamedTuple):
     seed: int = 0
 
 
-def pg_options_from_cfg(cfg, test_score_thresh: float, test_nms_thresh: float) -> PGOptions:
-    """MODEL.PG, checked, with the detector's test-time score and NMS thresholds (D's inference)."""
+def pg_options_from_cfg(cfg) -> PGOptions:
+    """MODEL.PG, checked. The test-time thresholds of D are not among the options: each
+    detector passes its own inference attributes at every loss call (InferenceThresholds for
+    the box predictor, DenseInference for RetinaNet), so they cannot drift from its inference."""
     check_pg_config(cfg)
     pg = cfg.MODEL.PG
     return PGOptions(
         enabled=pg.ENABLED,
         gamma=pg.GAMMA,
         reward_scale=pg.REWARD_SCALE,
-        settings=PGSettings(
-            num_samples=pg.NUM_SAMPLES,
-            reward_estimator=pg.REWARD_ESTIMATOR,
-            sample_nms=pg.SAMPLE_NMS,
-            baseline=pg.BASELINE,
-            iou_thresholds=tuple(pg.IOU_THRESHOLDS),
-            max_detections=pg.MAX_DETECTIONS,
-            test_score_thresh=test_score_thresh,
-            test_nms_thresh=test_nms_thresh,
-            include_gt_proposals=pg.INCLUDE_GT_PROPOSALS,
-            kept_box_credit=pg.KEPT_BOX_CREDIT,
-            suppressor_credit=pg.SUPPRESSOR_CREDIT,
-            advantage_norm=pg.ADVANTAGE_NORM,
-        ),
+        settings=_settings_from_cfg(cfg),
         # SEED < 0 means "random" in detectron2: the Trainer resolves it to the run's drawn
         # seed before building the model; a model built elsewhere draws its own.
         seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),

@@ -11,6 +11,7 @@ so with A = 0 and γ = 1 it is detectron2's cross-entropy and the learning rate 
 At test time it runs greedy NMS (detectron2's) or, with ``MODEL.SOFT_NMS.ENABLED``, soft-NMS.
 """
 import time
+from dataclasses import replace
 from typing import List
 
 import torch
@@ -19,11 +20,12 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
-from .pg_options import action_generator, log_pg_stats, pg_options_from_cfg
-from .policy_gradient import PGSettings, compute_advantages
+from .pg_options import action_generator, check_pg_options, log_pg_stats, pg_options_from_cfg
+from .policy_gradient import InferenceThresholds, PGSettings, compute_advantages
 
 # The Instances field by which ROI heads give the PG loss the detector's test-time class scores
 # [R_i, K+1] of the RoIs when they are not this predictor's softmax (a cascade averages stages).
@@ -79,26 +81,31 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
             pg_enabled: use the PG-weighted cross-entropy instead of plain cross-entropy.
             pg_gamma: γ of eq. 10, the weight of the cross-entropy term.
             pg_reward_scale: c of supplement Appendix C, the scale of the advantage.
-            pg_settings: sampling, reward and baseline options (see PGSettings).
+            pg_settings: sampling, reward and baseline options (see PGSettings). The test-time
+                thresholds of the baseline D are not among them: D is made with this layer's own
+                ``test_score_thresh``, ``test_nms_thresh`` and ``test_topk_per_image``.
             pg_seed: base seed of the action sampling; the stream of an iteration is a function
                 of (seed, iteration, rank), so runs are reproducible and resumable and every DDP
-                process draws its own actions.
+                process draws its own actions. < 0 ("random", as detectron2's SEED -1): one
+                seed drawn here and shared by the processes.
             soft_nms: keyword options of fast_rcnn_inference_soft_nms, or None for greedy NMS.
+
+        Both construction paths (``from_config`` for YAML, these arguments for a LazyConfig)
+        are validated here by :func:`pgdet.modeling.pg.pg_options.check_pg_options`.
         """
         super().__init__(*args, **kwargs)
+        pg_settings = replace(pg_settings, iou_thresholds=tuple(pg_settings.iou_thresholds))
+        check_pg_options(pg_enabled, pg_gamma, pg_reward_scale, pg_settings, self.use_sigmoid_ce)
         self.pg_enabled = pg_enabled
         self.pg_gamma = pg_gamma
         self.pg_reward_scale = pg_reward_scale
         self.pg_settings = pg_settings
-        self.pg_seed = pg_seed
+        self.pg_seed = pg_seed if pg_seed >= 0 else comm.shared_random_seed()
         self.soft_nms = soft_nms
-        if pg_enabled and self.use_sigmoid_ce:
-            raise ValueError("The policy gradient needs softmax scores (USE_SIGMOID_CE False)")
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        pg = pg_options_from_cfg(cfg, cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-                                 cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
+        pg = pg_options_from_cfg(cfg)  # checks MODEL.PG (CASCADE_STAGES too); __init__ rechecks
         check_soft_nms_config(cfg)
         ret = super().from_config(cfg, input_shape)
         ret.update(
@@ -117,6 +124,12 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
             ),
         )
         return ret
+
+    def inference_thresholds(self) -> InferenceThresholds:
+        """The thresholds :meth:`inference` uses now, for the baseline D of the loss."""
+        return InferenceThresholds(
+            self.test_score_thresh, self.test_nms_thresh, self.test_topk_per_image
+        )
 
     def _generator(self, device, iteration: int) -> torch.Generator:
         """The random stream of one iteration on this process (see pg_seed)."""
@@ -151,6 +164,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 [p._pg_targets for p in proposals],
                 self.pg_settings,
                 self._generator(scores.device, storage.iter),
+                self.inference_thresholds(),
             )
             weights = self.pg_reward_scale * pg.advantages + self.pg_gamma
         log_pg_stats(storage, pg, weights, time.perf_counter() - start)

@@ -11,7 +11,7 @@ from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
 from .dense_policy_gradient import DenseInference, dense_pg_loss
-from .pg_options import PGOptions, pg_options_from_cfg
+from .pg_options import PGOptions, check_pg_options, pg_options_from_cfg
 
 
 @META_ARCH_REGISTRY.register()
@@ -23,13 +23,15 @@ class PGRetinaNet(RetinaNet):
             pg: the MODEL.PG options; the rest are RetinaNet's arguments.
         """
         super().__init__(**kwargs)
+        # explicit arguments are checked as the YAML path's (a sigmoid classifier is RetinaNet's)
+        check_pg_options(pg.enabled, pg.gamma, pg.reward_scale, pg.settings, False)
         self.pg = pg
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["pg"] = pg_options_from_cfg(cfg, cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
-                                        cfg.MODEL.RETINANET.NMS_THRESH_TEST)
+        # D's thresholds are RetinaNet's own attributes, passed at each loss call (DenseInference)
+        ret["pg"] = pg_options_from_cfg(cfg)
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):

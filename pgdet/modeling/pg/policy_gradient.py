@@ -4,7 +4,8 @@ For each image of a training batch this module turns the box predictor's outputs
 RoIs into one advantage per RoI, ``A_b = r(b) - r'``:
 
 1. the *baseline* detections D: detectron2's test-time inference (score threshold, class-wise
-   NMS, top-N) on the same RoIs, scored with the per-image COCO AP -> ``r'`` (eq. 9);
+   NMS, top-N, at the box predictor's own thresholds: :class:`InferenceThresholds`) on the same
+   RoIs, scored with the per-image COCO AP -> ``r'`` (eq. 9);
 2. the *candidates*: foreground RoIs, each with its ground-truth class ``l_b`` (eq. 7), the box
    decoded for that class, and its probability ``p_b``;
 3. k *actions*: each candidate kept independently with probability ``p_b`` (Bernoulli), capped
@@ -87,7 +88,8 @@ FROM_GT_FIELD = "pg_from_gt"
 
 @dataclass
 class PGSettings:
-    """The PG hyper-parameters (MODEL.PG.* and the test-time inference used for the baseline)."""
+    """The PG hyper-parameters: MODEL.PG.<FIELD IN UPPER CASE> (pgdet/config.py), except
+    ENABLED, GAMMA and REWARD_SCALE, which the box predictor applies itself."""
 
     num_samples: int = 10
     reward_estimator: str = "joint"
@@ -95,12 +97,25 @@ class PGSettings:
     baseline: str = "nms"
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS
     max_detections: int = 100
-    test_score_thresh: float = 0.05
-    test_nms_thresh: float = 0.5
     include_gt_proposals: bool = False
     kept_box_credit: bool = False
     suppressor_credit: bool = False
     advantage_norm: str = "none"
+
+
+@dataclass(frozen=True)
+class InferenceThresholds:
+    """detectron2's test-time inference that makes D and decides NMS suppression: the box
+    predictor's own ``test_score_thresh``, ``test_nms_thresh`` and ``test_topk_per_image``.
+
+    Not part of PGSettings on purpose: :class:`PGFastRCNNOutputLayers` builds it from the
+    attributes its inference uses at every loss call, so r' scores exactly what inference
+    outputs and no second copy of the thresholds can drift from them (defaults: detectron2's).
+    """
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    topk_per_image: int = 100
 
 
 @dataclass
@@ -166,7 +181,7 @@ def _pad_stack(tensors: List[torch.Tensor], length: int, fill, dim: int = 0) -> 
     return out
 
 
-def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings):
+def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings, nms_thresh: float):
     """Turn k Bernoulli draws into k detection sets (SPEC §1 step 4).
 
     selected [k, C] bool, scores [C], boxes [C, 4], classes [C] -> [k, C] bool: each action's
@@ -177,7 +192,7 @@ def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings):
         action_idx, cand_idx = selected.nonzero(as_tuple=True)
         # one batched NMS over all actions: groups are (action, class) pairs
         groups = action_idx * (int(classes.max()) + 1) + classes[cand_idx]
-        keep = batched_nms(boxes[cand_idx], scores[cand_idx], groups, settings.test_nms_thresh)
+        keep = batched_nms(boxes[cand_idx], scores[cand_idx], groups, nms_thresh)
         selected = torch.zeros_like(selected)
         selected[action_idx[keep], cand_idx[keep]] = True
     if num_cand > settings.max_detections:
@@ -233,8 +248,10 @@ def _leave_one_out_sets(num_base: int, num_cand: int, device) -> torch.Tensor:
     return sets
 
 
-def _image_sets(i: int, image: PGImage, settings: PGSettings, generator) -> _ImageSets:
-    """Pool and membership of the sets of one image with ground truth (steps 3-4)."""
+def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
+                generator) -> _ImageSets:
+    """Pool and membership of the sets of one image with ground truth (steps 3-4); `nms_thresh`
+    is the detector's test-time NMS threshold (the actions' NMS and the swap suppressors)."""
     base = image.base
     device = image.cand_scores.device
     cand_scores, cand_boxes, cand_classes = image.cand_scores, image.cand_boxes, image.cand_classes
@@ -245,8 +262,7 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, generator) -> _Ima
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
         drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
-        suppressor = _suppressors(base, cand_boxes, cand_scores, cand_classes,
-                                  settings.test_nms_thresh)
+        suppressor = _suppressors(base, cand_boxes, cand_scores, cand_classes, nms_thresh)
         estimator_sets = _swap_sets(num_base, suppressor)
     else:
         draws = torch.rand((settings.num_samples, num_cand), generator=generator, device=device)
@@ -254,7 +270,7 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, generator) -> _Ima
         estimator_sets = torch.zeros((settings.num_samples, pool), dtype=torch.bool,
                                      device=device)
         estimator_sets[:, num_base:] = _cap_and_nms(drawn, cand_scores, cand_boxes,
-                                                    cand_classes, settings)
+                                                    cand_classes, settings, nms_thresh)
     baseline_set = torch.zeros((1, pool), dtype=torch.bool, device=device)
     baseline_set[0, :num_base] = True
     sets = [baseline_set, estimator_sets]
@@ -269,13 +285,14 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, generator) -> _Ima
     )
 
 
-def _roi_images(probs, boxes, proposals, targets, settings: PGSettings) -> List[PGImage]:
+def _roi_images(probs, boxes, proposals, targets, settings: PGSettings,
+                inference: InferenceThresholds) -> List[PGImage]:
     """The inputs of a two-stage detector's images: slots are the sampled RoIs, candidates the
     foreground RoIs with the box decoded for their label, D detectron2's inference.
 
     probs [R_i, K+1]; boxes [R_i, K*4] or [R_i, 4] (see :func:`compute_advantages`).
     """
-    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings)
+    baseline, baseline_rois = _baseline_detections(probs, boxes, proposals, settings, inference)
     images = []
     for prob, box, prop, tgt, base, base_rois in zip(probs, boxes, proposals, targets, baseline,
                                                      baseline_rois):
@@ -305,7 +322,8 @@ def _test_time_rois(prop: Instances, settings: PGSettings) -> torch.Tensor:
     return torch.ones(len(prop), dtype=torch.bool, device=prop.gt_classes.device)
 
 
-def _baseline_detections(probs, boxes, proposals, settings: PGSettings):
+def _baseline_detections(probs, boxes, proposals, settings: PGSettings,
+                         inference: InferenceThresholds):
     """D of every image: detectron2's test-time inference over the RoIs that exist at test time
     (appended ground-truth RoIs left out unless ``include_gt_proposals``).
 
@@ -315,8 +333,8 @@ def _baseline_detections(probs, boxes, proposals, settings: PGSettings):
     baseline, baseline_rois = fast_rcnn_inference(
         [b[idx] for b, idx in zip(boxes, kept_rois)],
         [p[idx] for p, idx in zip(probs, kept_rois)],
-        [p.image_size for p in proposals], settings.test_score_thresh,
-        settings.test_nms_thresh, settings.max_detections,
+        [p.image_size for p in proposals], inference.score_thresh, inference.nms_thresh,
+        inference.topk_per_image,
     )
     return baseline, [idx[rois] for idx, rois in zip(kept_rois, baseline_rois)]
 
@@ -349,6 +367,7 @@ def compute_advantages(
     targets: List[Instances],
     settings: PGSettings,
     generator: torch.Generator,
+    inference: InferenceThresholds = InferenceThresholds(),
 ) -> PGAdvantages:
     """Advantages ``A_b`` for every sampled RoI of a batch of a two-stage detector.
 
@@ -361,20 +380,25 @@ def compute_advantages(
             every ground-truth box, also those that no sampled RoI matched.
         settings: the PG hyper-parameters.
         generator: random stream for the Bernoulli actions, on the probabilities' device.
+        inference: the test-time inference that makes D (the box predictor's thresholds).
     """
     device = probs[0].device if probs else torch.device("cpu")
-    return advantages_of_images(_roi_images(probs, boxes, proposals, targets, settings),
-                                settings, generator, device)
+    return advantages_of_images(
+        _roi_images(probs, boxes, proposals, targets, settings, inference), settings, generator,
+        device, inference.nms_thresh)
 
 
 @torch.no_grad()
 def advantages_of_images(images: List[PGImage], settings: PGSettings,
-                         generator: torch.Generator, device) -> PGAdvantages:
+                         generator: torch.Generator, device, nms_thresh: float) -> PGAdvantages:
     """Advantages over the slots of a batch, from each image's D and candidates (steps 3-9):
     the detector-agnostic part that every detector family calls.
 
     The result's ``advantages`` and ``candidate_mask`` are the images' slots concatenated
-    ([Σ num_slots]); ``device`` is where they live when the batch is empty.
+    ([Σ num_slots]); ``device`` is where they live when the batch is empty. ``nms_thresh`` is
+    the detector's own test-time NMS threshold (the one that made D), which the actions' NMS
+    and the swap estimator's suppressors use: the caller passes its attribute, so no copy of it
+    lives in PGSettings.
     """
     advantages = [torch.zeros(image.num_slots, device=device) for image in images]
     estimated = [torch.zeros(image.num_slots, dtype=torch.bool, device=device) for image in images]
@@ -382,7 +406,7 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
     num_sampled = 1 if swap else settings.num_samples
 
     per_image = [  # only images with ground truth have a reward
-        _image_sets(i, image, settings, generator)
+        _image_sets(i, image, settings, nms_thresh, generator)
         for i, image in enumerate(images) if len(image.gt) > 0
     ]
     if not per_image:

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Train or evaluate a pgdet LazyConfig model, as detectron2's tools/lazyconfig_train_net.py.
+
+    python lazy_train_net.py --config-file configs/lazy/pg_mask_rcnn_R_50_FPN_100ep_LSJ.py --num-gpus 8
+    python lazy_train_net.py --config-file configs/lazy/pg_mask_rcnn_R_50_FPN_100ep_LSJ.py \\
+        --eval-only train.init_checkpoint=output/lazy/pg_mask_rcnn_R_50_FPN_100ep_LSJ/model_final.pth
+
+Overrides are ``key=value`` (``train.max_iter=100``, ``dataloader.train.total_batch_size=16``).
+Runs on CPU when no GPU is visible; what pgdet adds to detectron2's loop: pgdet/engine/lazy.py.
+"""
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import pgdet  # noqa: F401  (registers pgdet's components and datasets)
+from pgdet.data import DatasetConfigError, DatasetContentError, UnknownDatasetError
+from pgdet.engine import ConfigError
+from pgdet.engine.checkpoint import PGCheckpointer
+from pgdet.engine.lazy import (
+    build_lazy_model, check_lazy_datasets, do_test, do_train, load_lazy_config,
+)
+from pgdet.engine.trainer import create_ddp
+
+
+def main(args):
+    cfg = load_lazy_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="pgdet")
+    check_lazy_datasets(cfg, args.eval_only)
+    if args.eval_only:
+        model = create_ddp(build_lazy_model(cfg))
+        PGCheckpointer(model, cfg.train.output_dir).resume_or_load(
+            cfg.train.init_checkpoint, resume=args.resume
+        )
+        return do_test(cfg, model)
+    do_train(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfigError,
+            DatasetContentError) as e:
+        sys.exit(f"error: {e}")
