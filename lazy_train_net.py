@@ -8,16 +8,13 @@
 Overrides are ``key=value`` (``train.max_iter=100``, ``dataloader.train.total_batch_size=16``).
 Runs on CPU when no GPU is visible; what pgdet adds to detectron2's loop: pgdet/engine/lazy.py.
 """
-import sys
-
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import pgdet  # noqa: F401  (registers pgdet's components and datasets)
-from pgdet.data import DatasetConfigError, DatasetContentError, UnknownDatasetError
-from pgdet.engine import ConfigError
 from pgdet.engine.checkpoint import PGCheckpointer
+from pgdet.engine.entry import launch_main
 from pgdet.engine.lazy import (
     build_lazy_model, check_lazy_datasets, do_test, do_train, load_lazy_config,
 )
@@ -39,17 +36,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfigError,
-            DatasetContentError) as e:
-        sys.exit(f"error: {e}")
+    launch_main(main)

@@ -6,14 +6,11 @@
 
 Runs on CPU when no GPU is visible; ``--num-gpus N`` then starts N processes (gloo backend).
 """
-import sys
-
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
 
 import pgdet  # noqa: F401  (registers pgdet's components and datasets)
-from pgdet.data import DatasetConfigError, DatasetContentError, UnknownDatasetError
-from pgdet.engine import ConfigError, Trainer, setup
+from pgdet.engine import Trainer, setup
+from pgdet.engine.entry import launch_main
 
 
 def main(args):
@@ -30,17 +27,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfigError,
-            DatasetContentError) as e:
-        sys.exit(f"error: {e}")
+    launch_main(main)
