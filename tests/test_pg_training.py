@@ -13,6 +13,23 @@ from pgdet.engine import Trainer, build_cfg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def finite_sgd_step(model, batch, storage, lr=0.01):
+    """One training step by hand: the losses and every gradient finite, then plain SGD at `lr`
+    and the storage stepped. Returns the losses."""
+    losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+                p.grad = None
+    storage.step()
+    return losses
+
+
 @pytest.mark.parametrize("options", [
     [],
     ["MODEL.PG.REWARD_ESTIMATOR", "swap", "MODEL.PG.KEPT_BOX_CREDIT", "True",
@@ -35,17 +52,7 @@ def test_batch_with_an_unannotated_image_and_a_single_box(options):
              for inst in (empty, one)]
     with EventStorage() as storage:
         for _ in range(2):  # the second step runs on the weights the first one changed
-            losses = model(batch)
-            total = sum(losses.values())
-            assert torch.isfinite(total), losses
-            total.backward()
-            assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.grad is not None:
-                        p -= 0.01 * p.grad
-                        p.grad = None
-            storage.step()
+            finite_sgd_step(model, batch, storage)
         # the annotated image yields a reward every step; the other contributes none and no NaN
         assert storage.history("pg/baseline_reward").values()[-1][0] >= 0.0
         assert len(storage.history("pg/baseline_reward").values()) == 2

@@ -19,6 +19,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from test_pg_training import finite_sgd_step
 
 from pgdet.engine import Trainer, build_cfg
 from pgdet.modeling.comparators.rank_sort_loss import rank_sort_loss, smoothed_step
@@ -334,18 +335,7 @@ def test_two_training_steps_with_rs_loss_are_finite():
     model = _demo_model(RS_ON)
     with EventStorage() as storage:
         for _ in range(2):
-            losses = model(_batch())
-            total = sum(losses.values())
-            assert torch.isfinite(total), losses
-            total.backward()
-            assert all(torch.isfinite(p.grad).all() for p in model.parameters()
-                       if p.grad is not None)
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.grad is not None:
-                        p -= 0.01 * p.grad
-                        p.grad = None
-            storage.step()
+            losses = finite_sgd_step(model, _batch(), storage)
         assert storage.history("rs/num_positives").latest() > 0
         assert losses["loss_box_reg"].item() == pytest.approx(losses["loss_cls"].item(), rel=1e-5)
     model.eval()
