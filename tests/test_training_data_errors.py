@@ -92,3 +92,18 @@ def test_bad_boxes_clipped_or_dropped_with_counts_naming_the_file(tmp_path, capl
 
     unfiltered = load_training_dicts([name], num_classes=1, filter_empty=False)
     assert [len(d["annotations"]) for d in unfiltered] == [3, 0]
+
+
+@pytest.mark.parametrize("config, key", [
+    ("configs/bccd/retinanet_MobileNetV2_FPN_bccd.yaml", "MODEL.RETINANET.NUM_CLASSES"),
+    ("configs/bccd/frcnn_MobileNetV2_FPN_bccd.yaml", "MODEL.ROI_HEADS.NUM_CLASSES"),
+])
+def test_class_error_names_the_key_the_detector_reads(tmp_path, config, key):
+    """Through the trainer's loader: a RetinaNet user is sent to RETINANET.NUM_CLASSES (the key
+    its head is built from), not to the ROI heads' key that RetinaNet never reads."""
+    from pgdet.engine import Trainer, build_cfg
+
+    _coco(tmp_path, "pgdet_test_classes_key", [1, 2, 3, 4])
+    cfg = build_cfg(config, ["DATASETS.TRAIN", "('pgdet_test_classes_key',)", key, "3"])
+    with pytest.raises(DatasetContentError, match=f"{key} is 3"):
+        Trainer.build_train_loader(cfg)

@@ -107,12 +107,13 @@ class DatasetContentError(ValueError):
     """A dataset whose annotations pgdet cannot train on; the message names the file or image."""
 
 
-def load_training_dicts(names: Union[str, Iterable[str]], num_classes: int,
-                        filter_empty: bool) -> List[dict]:
+def load_training_dicts(names: Union[str, Iterable[str]], num_classes: int, filter_empty: bool,
+                        num_classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES") -> List[dict]:
     """detectron2's ``get_detection_dataset_dicts``, with errors that name the bad file or image.
 
     A malformed annotation json otherwise fails with a bare JSONDecodeError, and a category id
-    beyond ``MODEL.ROI_HEADS.NUM_CLASSES`` with an index error deep inside the loss. Boxes outside
+    beyond `num_classes` with an index error deep inside the loss; the message names the config
+    key the detector reads it from, `num_classes_key`. Boxes outside
     their image or without area are clipped or dropped with a count in the log
     (:func:`clip_and_drop_bad_boxes`).
     """
@@ -129,7 +130,7 @@ def load_training_dicts(names: Union[str, Iterable[str]], num_classes: int,
                 raise DatasetContentError(
                     f"Image {record.get('file_name')!r} (image_id {record.get('image_id')!r}) has "
                     f"an object of class index {ann['category_id']}, but "
-                    f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}: set it to the number of "
+                    f"{num_classes_key} is {num_classes}: set it to the number of "
                     f"classes of {names} ({len(MetadataCatalog.get(names[0]).get('thing_classes', []))}"
                     " in the first one's metadata)."
                 )

@@ -12,6 +12,7 @@
   restarted with ``--resume`` ends with the same weights as an uninterrupted one.
 - A training batch that produces non-finite values is named by its dataset image ids.
 """
+import functools
 import json
 import logging
 import os
@@ -79,11 +80,17 @@ def check_pg_model(cfg, model):
         )
 
 
-def num_classes(cfg) -> int:
-    """The detector's number of classes: RetinaNet's own key, else the ROI heads'."""
+def num_classes_key(cfg) -> str:
+    """The config key holding the detector's number of classes: RetinaNet's own, else the ROI
+    heads'. Error messages name it, so a RetinaNet user is not sent to a key it never reads."""
     if cfg.MODEL.META_ARCHITECTURE in ("RetinaNet", "PGRetinaNet"):
-        return cfg.MODEL.RETINANET.NUM_CLASSES
-    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        return "MODEL.RETINANET.NUM_CLASSES"
+    return "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+def num_classes(cfg) -> int:
+    """The detector's number of classes, read from :func:`num_classes_key`."""
+    return functools.reduce(getattr, num_classes_key(cfg).split("."), cfg)
 
 
 def create_ddp(model, **kwargs):
@@ -172,7 +179,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         dataset_dicts = load_training_dicts(
-            cfg.DATASETS.TRAIN, num_classes(cfg),
+            cfg.DATASETS.TRAIN, num_classes(cfg), num_classes_key=num_classes_key(cfg),
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         )
         if not cfg.DATALOADER.EXACT_RESUME:
