@@ -1,7 +1,7 @@
 """pgdet's detectron2 components, grouped by role; importing this package registers them all.
 
-- ``pg``: the method (reward, advantages, the PG loss, and the ROI heads and RetinaNet that
-  use it);
+- ``pg``: the method (reward, advantages, the PG loss, and the ROI heads, RetinaNet and FCOS
+  that use it);
 - ``comparators``: what Table 1 compares it with (soft-NMS, OHEM; RS loss, beyond the paper);
 - ``architectures``: the paper's backbone, RPN head and box head, and a timm backbone.
 """
@@ -14,11 +14,12 @@ from .architectures import (
     build_timm_fpn_backbone,
 )
 from .comparators import OHEMROIHeads, RSROIHeads
-from .pg import PGCascadeROIHeads, PGFastRCNNOutputLayers, PGRetinaNet, PGROIHeads
+from .pg import PGFCOS, PGCascadeROIHeads, PGFastRCNNOutputLayers, PGRetinaNet, PGROIHeads
 
 __all__ = [
     "OHEMROIHeads",
     "PGCascadeROIHeads",
+    "PGFCOS",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PGRetinaNet",

@@ -7,9 +7,11 @@
 - ``pg_cascade_roi_heads``: the same for Cascade R-CNN (D = the stages' mean scores);
 - ``dense_policy_gradient``: the same method for one-stage detectors (sigmoid classifiers);
 - ``pg_retinanet``: the registered RetinaNet that uses it;
+- ``pg_fcos``: the FCOS that uses it (a LazyConfig model: PG options as an argument);
 - ``pg_options``: the MODEL.PG options, action stream and logging every family shares.
 """
 from .pg_cascade_roi_heads import PGCascadeROIHeads
+from .pg_fcos import PGFCOS
 from .pg_output_layers import PGFastRCNNOutputLayers
 from .pg_retinanet import PGRetinaNet
 from .pg_roi_heads import PGROIHeads
@@ -21,6 +23,7 @@ __all__ = [
     "InferenceThresholds",
     "PGAdvantages",
     "PGCascadeROIHeads",
+    "PGFCOS",
     "PGFastRCNNOutputLayers",
     "PGROIHeads",
     "PGRetinaNet",

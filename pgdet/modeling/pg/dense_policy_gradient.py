@@ -1,12 +1,14 @@
-"""The policy gradient of Rao et al. (§3.3) for one-stage (dense) detectors such as RetinaNet.
+"""The policy gradient of Rao et al. (§3.3) for one-stage (dense) detectors: RetinaNet, FCOS.
 
 **The policy.** A dense detector scores every (anchor, class) pair with its own sigmoid, so each
-pair already is a Bernoulli variable: its test-time score ``s[a, c]`` (RetinaNet: σ(x[a, c])) is
-the probability that detection (a, c) is kept. As in the two-stage method (SPEC §1):
+pair already is a Bernoulli variable: ``p[a, c] = σ(x[a, c])`` is the probability that detection
+(a, c) is kept. It is also the test-time score for RetinaNet; a detector that ranks by another
+score (FCOS: sqrt(p · σ(centerness))) passes both, D using the score and the actions the policy
+(:mod:`pgdet.modeling.pg.pg_fcos`). As in the two-stage method (SPEC §1):
 
 - the *candidates* b are the positive anchors (label in [0, K); ignored anchors, label −1,
   never), each with its ground-truth class l_b, the box decoded from its deltas (clipped to
-  the image) and ``p_b = s[b, l_b]``;
+  the image) and ``p_b = p[b, l_b]``;
 - the baseline detections D are exactly the detector's own inference on the same image (score
   threshold, top-k per level, class-wise NMS, detection cap, then clipping and dropping empty
   boxes as detectron2's post-processing does), keeping for each detection its anchor;
@@ -48,7 +50,7 @@ over the slots that have an advantage: c·A + γ there is the weight the term wo
 the focal loss being cross-entropy.
 """
 import time
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.layers import batched_nms, cat
@@ -108,14 +110,15 @@ def dense_detections(anchors: List[Boxes], scores: List[torch.Tensor],
 
 
 def _dense_images(anchors, scores, deltas, gt_labels, targets, image_sizes, box2box_transform,
-                  inference) -> List[PGImage]:
+                  inference, policy) -> List[PGImage]:
     """The reward's inputs of each image (see the module docstring); shapes as in
-    :func:`dense_pg_loss`."""
+    :func:`dense_pg_loss`, `policy` not None."""
     num_classes = scores[0].shape[2]
     all_anchors = Boxes.cat(anchors).tensor
     images = []
     for i, (labels, gt, image_size) in enumerate(zip(gt_labels, targets, image_sizes)):
         image_scores = [s[i] for s in scores]
+        image_policy = [p[i] for p in policy]
         image_deltas = [d[i] for d in deltas]
         base, base_anchor = dense_detections(anchors, image_scores, image_deltas,
                                              box2box_transform, inference, image_size)
@@ -127,7 +130,7 @@ def _dense_images(anchors, scores, deltas, gt_labels, targets, image_sizes, box2
         images.append(PGImage(
             len(labels) * num_classes, base, base_anchor * num_classes + base.pred_classes,
             torch.ones_like(base.scores), cand_anchor * num_classes + cand_classes, cand_classes,
-            cat(image_scores)[cand_anchor, cand_classes], cand_boxes.tensor, gt,
+            cat(image_policy)[cand_anchor, cand_classes], cand_boxes.tensor, gt,
         ))
     return images
 
@@ -147,24 +150,27 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
                   deltas: List[torch.Tensor], anchors: List[Boxes],
                   gt_labels: List[torch.Tensor], targets: List[Instances], image_sizes,
                   box2box_transform, inference: DenseInference, options: PGOptions,
-                  normalizer: float) -> torch.Tensor:
+                  normalizer: float, policy: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
     """The PG term ``c · Σ A · (−log p) / normalizer`` of a batch, logging ``pg/*``.
 
     log_probs: [N, R, K] log-probabilities of the (anchor, class) Bernoullis, with gradient
         (RetinaNet: log σ of the class logits), R anchors over all levels;
-    scores: per level [N, A_l, K] the same probabilities as the detector's inference computes
+    scores: per level [N, A_l, K] the test-time scores as the detector's inference computes
         them (so that D is exactly its output); deltas: per level [N, A_l, 4];
     anchors: per level Boxes [A_l]; gt_labels: per image [R] in {−1, 0..K−1, K} (ignored,
         class, background); targets: per image the full ground truth; image_sizes: per image
-        (h, w); normalizer: the focal loss's.
+        (h, w); normalizer: the focal loss's;
+    policy: per level [N, A_l, K] the Bernoulli probabilities (exp of `log_probs`) when the
+        inference scores are not them (FCOS); None: the scores are the policy (RetinaNet).
     """
     storage = get_event_storage()
     _check_finite(log_probs.detach(), cat(deltas, dim=1).detach(), storage.iter)
     start = time.perf_counter()
     with torch.no_grad():
-        images = _dense_images(anchors, [s.detach() for s in scores],
-                               [d.detach() for d in deltas], gt_labels, targets, image_sizes,
-                               box2box_transform, inference)
+        scores = [s.detach() for s in scores]
+        policy = scores if policy is None else [p.detach() for p in policy]
+        images = _dense_images(anchors, scores, [d.detach() for d in deltas], gt_labels, targets,
+                               image_sizes, box2box_transform, inference, policy)
         # the detector's own NMS threshold (D's), as the two-stage path passes its predictor's
         pg = advantages_of_images(images, options.settings,
                                   action_generator(options.seed, log_probs.device, storage.iter),
