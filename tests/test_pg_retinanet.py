@@ -167,6 +167,21 @@ def _pg_gradient(estimator, scale, normalizer):
     return grad[0]
 
 
+def enumerated_advantage(estimator):
+    """[8] the exact advantage of the 8 candidates with r' = 0 (D empty), over all 256 actions
+    scored by pycocotools: reinforce p_b ∂E[r]/∂p_b (so that A_b (1 − p_b) = ∂E[r]/∂x_b),
+    joint Σ_a P(a) r(a)[b ∈ a]."""
+    if estimator == "reinforce":
+        p = P_B.clone().requires_grad_(True)
+        (d_reward,) = torch.autograd.grad(_expected_reward(p, False), p)
+        return P_B * d_reward
+    advantage = torch.zeros(8)
+    for bits, reward in _action_rewards(False).items():
+        chosen = torch.tensor(bits, dtype=torch.bool)
+        advantage += torch.where(chosen, P_B, 1 - P_B).prod() * reward * chosen
+    return advantage
+
+
 @pytest.mark.parametrize("estimator", ["reinforce", "joint"])
 def test_pg_term_gradient_is_the_enumerated_policy_gradient(estimator):
     """reinforce: ∂L/∂x_b = −(c/N) ∂E[r]/∂x_b, E[r] = Σ_a P(a) r(a) over all 256 actions, each
@@ -174,15 +189,7 @@ def test_pg_term_gradient_is_the_enumerated_policy_gradient(estimator):
     eq. 11's (p_b − 1)). Nothing on the other classes, ignored or background anchors."""
     scale, normalizer = 2.0, 4.0
     grad = _pg_gradient(estimator, scale, normalizer)
-    p = P_B.clone().requires_grad_(True)
-    (d_reward,) = torch.autograd.grad(_expected_reward(p, False), p)
-    if estimator == "reinforce":
-        advantage = P_B * d_reward  # p_b ∂E[r]/∂p_b, so that A_b (1 − p_b) = ∂E[r]/∂x_b
-    else:
-        advantage = torch.zeros(8)
-        for bits, reward in _action_rewards(False).items():
-            chosen = torch.tensor(bits, dtype=torch.bool)
-            advantage += torch.where(chosen, P_B, 1 - P_B).prod() * reward * chosen
+    advantage = enumerated_advantage(estimator)
     expected = torch.zeros_like(grad)
     expected[torch.arange(8), GT_CLASSES[MATCH]] = -scale / normalizer * advantage * (1 - P_B)
     torch.testing.assert_close(grad, expected, atol=0.015 * scale / normalizer, rtol=0)
