@@ -51,6 +51,18 @@ def _flatten(node, prefix=""):
     return flat
 
 
+def assert_paper_pg_stage(ours, original, batch):
+    """The paper's PG stage (22.5k iterations x 16 images, lr / 10, x0.1 at 2/3) in the batch of
+    the model that `ours` fine-tunes (`original`, detectron2's LazyConfig)."""
+    assert ours.dataloader.train.total_batch_size == original.dataloader.train.total_batch_size
+    assert ours.dataloader.train.total_batch_size == batch
+    assert ours.train.max_iter * batch == 22500 * 16
+    assert ours.optimizer.lr == pytest.approx(original.optimizer.lr / 10)
+    schedule = instantiate(ours.lr_multiplier)
+    drop = ours.train.max_iter * 2 // 3
+    assert [schedule(i / ours.train.max_iter) for i in (0, drop - 1, drop)] == [1.0, 1.0, 0.1]
+
+
 def test_lazy_config_is_detectron2s_model_with_pgdets_heads_and_the_pg_stage():
     ours = LazyConfig.load(LAZY)
     original = model_zoo.get_config(ORIGINAL)
@@ -71,14 +83,7 @@ def test_lazy_config_is_detectron2s_model_with_pgdets_heads_and_the_pg_stage():
     assert weights.startswith(Detectron2Handler.PREFIX)
     url = Detectron2Handler.S3_DETECTRON2_PREFIX + weights[len(Detectron2Handler.PREFIX):]
     assert url == model_zoo.get_checkpoint_url(ORIGINAL)
-    # the paper's stage (22.5k x 16 images, lr / 10, x0.1 at 2/3) in this model's batch
-    batch = ours.dataloader.train.total_batch_size
-    assert batch == original.dataloader.train.total_batch_size == 64
-    assert ours.train.max_iter * batch == 22500 * 16
-    assert ours.optimizer.lr == pytest.approx(original.optimizer.lr / 10)
-    schedule = instantiate(ours.lr_multiplier)
-    drop = ours.train.max_iter * 2 // 3
-    assert [schedule(i / ours.train.max_iter) for i in (0, drop - 1, drop)] == [1.0, 1.0, 0.1]
+    assert_paper_pg_stage(ours, original, batch=64)
 
 
 def test_lazy_model_has_pg_roi_heads_with_the_yaml_paths_pg_options():

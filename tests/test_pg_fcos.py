@@ -19,7 +19,7 @@ from detectron2.modeling import Backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes, ImageList
 from detectron2.utils.events import EventStorage
-from test_lazy_config import REPO, _flatten
+from test_lazy_config import REPO, _flatten, assert_paper_pg_stage
 from test_pg_estimators import GT_CLASSES, MATCH, P_B
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES
 from test_pg_retinanet import _batch, _enumerable_anchors, _spread_scores, enumerated_advantage
@@ -239,14 +239,7 @@ def test_lazy_config_is_detectron2s_fcos_with_pg_and_the_pg_stage():
     with pytest.raises(RuntimeError, match="not available"):
         model_zoo.get_checkpoint_url(ORIGINAL)
     assert ours.train.init_checkpoint == original.train.init_checkpoint
-    # the paper's stage (22.5k x 16 images, lr / 10, x0.1 at 2/3) in this model's batch
-    batch = ours.dataloader.train.total_batch_size
-    assert batch == original.dataloader.train.total_batch_size == 16
-    assert ours.train.max_iter * batch == 22500 * 16
-    assert ours.optimizer.lr == pytest.approx(original.optimizer.lr / 10)
-    schedule = instantiate(ours.lr_multiplier)
-    drop = ours.train.max_iter * 2 // 3
-    assert [schedule(i / ours.train.max_iter) for i in (0, drop - 1, drop)] == [1.0, 1.0, 0.1]
+    assert_paper_pg_stage(ours, original, batch=16)
 
     model = instantiate(load_lazy_config(LAZY, ["train.seed=3"]).model)
     assert type(model) is PGFCOS
