@@ -51,6 +51,14 @@ def _flatten(node, prefix=""):
     return flat
 
 
+def changed_keys(ours, original):
+    """The flattened keys whose values differ between two LazyConfigs (a key missing on one side
+    counts as changed), and all keys of both."""
+    flat, base = _flatten(ours), _flatten(original)
+    keys = flat.keys() | base.keys()
+    return {k for k in keys if flat.get(k, "absent") != base.get(k, "absent")}, keys
+
+
 def assert_paper_pg_stage(ours, original, batch):
     """The paper's PG stage (22.5k iterations x 16 images, lr / 10, x0.1 at 2/3) in the batch of
     the model that `ours` fine-tunes (`original`, detectron2's LazyConfig)."""
@@ -66,9 +74,7 @@ def assert_paper_pg_stage(ours, original, batch):
 def test_lazy_config_is_detectron2s_model_with_pgdets_heads_and_the_pg_stage():
     ours = LazyConfig.load(LAZY)
     original = model_zoo.get_config(ORIGINAL)
-    flat, base = _flatten(ours), _flatten(original)
-    keys = flat.keys() | base.keys()
-    changed = {k for k in keys if flat.get(k, "absent") != base.get(k, "absent")}
+    changed, keys = changed_keys(ours, original)
     assert changed == {
         "model.roi_heads._target_", f"{PREDICTOR}._target_", f"{PREDICTOR}.pg_enabled",
         f"{PREDICTOR}.pg_gamma", f"{PREDICTOR}.pg_reward_scale",

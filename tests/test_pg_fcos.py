@@ -19,7 +19,7 @@ from detectron2.modeling import Backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import Boxes, ImageList
 from detectron2.utils.events import EventStorage
-from test_lazy_config import REPO, _flatten, assert_paper_pg_stage
+from test_lazy_config import REPO, assert_paper_pg_stage, changed_keys
 from test_pg_estimators import GT_CLASSES, MATCH, P_B
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES
 from test_pg_retinanet import _batch, _enumerable_anchors, _spread_scores, enumerated_advantage
@@ -225,9 +225,7 @@ def test_lazy_config_is_detectron2s_fcos_with_pg_and_the_pg_stage():
     detectron2's FCOS parameters."""
     ours = LazyConfig.load(LAZY)
     original = model_zoo.get_config(ORIGINAL)
-    flat, base = _flatten(ours), _flatten(original)
-    keys = flat.keys() | base.keys()
-    changed = {k for k in keys if flat.get(k, "absent") != base.get(k, "absent")}
+    changed, keys = changed_keys(ours, original)
     assert changed == {
         "model._target_", *{k for k in keys if k.startswith("model.pg.")},
         "dataloader.train.dataset._target_", "dataloader.train.dataset.num_classes",
