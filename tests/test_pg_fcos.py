@@ -22,11 +22,11 @@ from detectron2.utils.events import EventStorage
 from test_lazy_config import REPO, assert_paper_pg_stage, changed_keys
 from test_pg_estimators import GT_CLASSES, MATCH, P_B
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES
-from test_pg_retinanet import _batch, _enumerable_anchors, _spread_scores, enumerated_advantage
+from test_pg_retinanet import (_batch, _enumerable_anchors, _spread_scores, enumerated_advantage,
+                               pg_images_of_a_training_step)
 from test_pg_training import finite_sgd_step
 from torch import nn
 
-import pgdet.modeling.pg.dense_policy_gradient as dense
 from pgdet.engine.lazy import load_lazy_config
 from pgdet.modeling import PGFCOS
 from pgdet.modeling.pg.pg_options import PGOptions
@@ -106,13 +106,7 @@ def test_baseline_detections_are_fcos_eval_inference(monkeypatch):
     binding); each box's slot is the (anchor point, class) whose centerness-weighted score and
     decoded box it is; the candidates are the positive points with p_b = σ(class logit)."""
     reference, ours = _models(test_topk_candidates=40, max_detections_per_image=12)
-    seen = []
-    real = dense.advantages_of_images
-    monkeypatch.setattr(dense, "advantages_of_images",
-                        lambda images, *a: seen.append(images) or real(images, *a))
-    ours.train()
-    with EventStorage():
-        ours(_batch())
+    images_seen = pg_images_of_a_training_step(monkeypatch, ours, _batch())
     reference.eval()
     with torch.no_grad():
         expected = reference(_batch())
@@ -125,7 +119,6 @@ def test_baseline_detections_are_fcos_eval_inference(monkeypatch):
         anchors = reference.anchor_generator(features)
         labels, _ = reference.label_anchors(anchors, [b["instances"] for b in _batch()])
         anchors = Boxes.cat(anchors).tensor
-    (images_seen,) = seen
     for i, (image, output, more) in enumerate(zip(images_seen, expected, uncapped)):
         want = output["instances"]
         # the cap binds (post-processing then drops the empty boxes, as D does)

@@ -97,19 +97,27 @@ def test_pg_off_is_detectron2_retinanet_loss(opts):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
 
 
+def pg_images_of_a_training_step(monkeypatch, model, batch):
+    """The per-image reward inputs (PGImage list) that a dense detector's PG term hands to the
+    estimators in one training forward of `model` on `batch`."""
+    seen = []
+    real = dense.advantages_of_images
+    monkeypatch.setattr(dense, "advantages_of_images",
+                        lambda images, *a: seen.append(images) or real(images, *a))
+    model.train()
+    with EventStorage():
+        model(batch)
+    (images,) = seen
+    return images
+
+
 def test_baseline_detections_are_retinanets_eval_inference(monkeypatch):
     """D of each training image equals detectron2's RetinaNet in eval mode on the same image and
     weights (with per-level top-k and the detection cap both binding), and each box's slot is
     the (anchor, class) whose score and decoded box it is."""
     reference, ours = _models("MODEL.RETINANET.TOPK_CANDIDATES_TEST", "40",
                               "TEST.DETECTIONS_PER_IMAGE", "25")
-    seen = []
-    real = dense.advantages_of_images
-    monkeypatch.setattr(dense, "advantages_of_images",
-                        lambda images, *a: seen.append(images) or real(images, *a))
-    ours.train()
-    with EventStorage():
-        ours(_batch())
+    images_seen = pg_images_of_a_training_step(monkeypatch, ours, _batch())
     reference.eval()
     with torch.no_grad():
         expected = reference(_batch())
@@ -120,7 +128,6 @@ def test_baseline_detections_are_retinanets_eval_inference(monkeypatch):
         logits, deltas = reference._transpose_dense_predictions(
             reference.head(features), [NUM_CLASSES + 1, 4])
         anchors = Boxes.cat(reference.anchor_generator(features)).tensor
-    (images_seen,) = seen
     for i, (image, output) in enumerate(zip(images_seen, expected)):
         want = output["instances"]
         assert len(want) == 25 if i == 0 else len(want) > 0
