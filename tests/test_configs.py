@@ -241,6 +241,11 @@ def model_zoo_original(name):
 ONE_STAGE_MODEL_ZOO = {
     "model_zoo/pg_retinanet_R_50_FPN_3x.yaml": "COCO-Detection/retinanet_R_50_FPN_3x.yaml",
 }
+# the one-stage PG configs' options, chosen on BCCD val (benchmarks/RESULTS.md §10.3): the
+# paper-literal joint estimator collapsed RetinaNet there
+ONE_STAGE_CHOICE = {"MODEL.PG.REWARD_ESTIMATOR": "swap", "MODEL.PG.SUPPRESSOR_CREDIT": True,
+                    "MODEL.PG.KEPT_BOX_CREDIT": True, "MODEL.PG.ADVANTAGE_NORM": "image_max",
+                    "MODEL.PG.REWARD_SCALE": 0.5}
 
 
 def test_every_model_zoo_config_is_listed():
@@ -250,14 +255,16 @@ def test_every_model_zoo_config_is_listed():
 
 @pytest.mark.parametrize("name", sorted(ONE_STAGE_MODEL_ZOO))
 def test_model_zoo_retinanet_config_is_the_model_with_pg_and_the_papers_stage(name):
-    """detectron2's model with PGRetinaNet, its final checkpoint, and the paper's stage scaled
-    as for the two-stage configs: 22.5k x 16 images, lr 1/10 of the model's, x0.1 at 2/3."""
+    """detectron2's model with PGRetinaNet, its final checkpoint, the one-stage PG choice, and
+    the paper's stage scaled as for the two-stage configs: 22.5k x 16 images, lr 1/10 of the
+    model's, x0.1 at 2/3."""
     ours, original = flatten(load(name)), flatten(model_zoo_original(ONE_STAGE_MODEL_ZOO[name]))
     assert original["MODEL.META_ARCHITECTURE"] == "RetinaNet"
     assert {k for k in ours if ours[k] != original[k]} == {
         "MODEL.WEIGHTS", "MODEL.META_ARCHITECTURE", "MODEL.PG.ENABLED", "SOLVER.BASE_LR",
-        "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", "OUTPUT_DIR"}
+        "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS", "OUTPUT_DIR", *ONE_STAGE_CHOICE}
     assert (ours["MODEL.META_ARCHITECTURE"], ours["MODEL.PG.ENABLED"]) == ("PGRetinaNet", True)
+    assert {k: ours[k] for k in ONE_STAGE_CHOICE} == ONE_STAGE_CHOICE
     assert ours["OUTPUT_DIR"] == f"output/{name[:-len('.yaml')]}"
     weights = ours["MODEL.WEIGHTS"]
     url = Detectron2Handler.S3_DETECTRON2_PREFIX + weights[len(Detectron2Handler.PREFIX):]
@@ -272,7 +279,8 @@ def test_model_zoo_retinanet_config_is_the_model_with_pg_and_the_papers_stage(na
                                               ("bccd", "MobileNetV2_FPN_bccd")])
 def test_retinanet_cpu_configs_follow_the_two_stage_protocol(folder, two_stage):
     """baseline -> standard fine-tune / PG fine-tune: the fine-tunes start from the baseline's
-    final weights on the two-stage fine-tune's schedule and differ only in the PG switch."""
+    final weights on the two-stage fine-tune's schedule and differ only in the PG options (on,
+    with the one-stage choice)."""
     names = {stage: f"{folder}/{prefix}retinanet_{two_stage}.yaml"
              for stage, prefix in (("baseline", ""), ("ft", "ft_"), ("pg", "pg_"))}
     baseline, ft = load(names["baseline"]), load(names["ft"])
@@ -280,8 +288,9 @@ def test_retinanet_cpu_configs_follow_the_two_stage_protocol(folder, two_stage):
     assert baseline.MODEL.RETINANET.IN_FEATURES == ["p3", "p4", "p5", "p6", "p7"]
     assert ft.MODEL.WEIGHTS == f"{baseline.OUTPUT_DIR}/model_final.pth"
     assert changed_keys(names["ft"], names["pg"]) <= {"MODEL.PG.ENABLED", "MODEL.PG.GAMMA",
-                                                      "OUTPUT_DIR"}
-    assert load(names["pg"]).MODEL.PG.ENABLED
+                                                      "OUTPUT_DIR", *ONE_STAGE_CHOICE}
+    pg = flatten(load(names["pg"]))
+    assert pg["MODEL.PG.ENABLED"] and {k: pg[k] for k in ONE_STAGE_CHOICE} == ONE_STAGE_CHOICE
     two_stage_ft = load(f"{folder}/ft_{two_stage}.yaml").SOLVER
     for key in ("IMS_PER_BATCH", "MAX_ITER", "STEPS", "WARMUP_ITERS"):
         assert ft.SOLVER[key] == two_stage_ft[key], key

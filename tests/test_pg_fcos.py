@@ -214,7 +214,8 @@ def test_two_training_iterations_with_pg(settings):
 def test_lazy_config_is_detectron2s_fcos_with_pg_and_the_pg_stage():
     """Only the model class, its PG options, the data checks and the stage change; no FCOS
     checkpoint exists in detectron2's model zoo, so the base's initialisation is kept. The model
-    instantiates (random weights, nothing loaded) as PGFCOS with PG on, γ = c = 1, and exactly
+    instantiates (random weights, nothing loaded) as PGFCOS with PG on and the RetinaNet configs'
+    one-stage choice (γ = 1, swap + credits + image_max, c = 0.5), and exactly
     detectron2's FCOS parameters."""
     ours = LazyConfig.load(LAZY)
     original = model_zoo.get_config(ORIGINAL)
@@ -234,7 +235,9 @@ def test_lazy_config_is_detectron2s_fcos_with_pg_and_the_pg_stage():
 
     model = instantiate(load_lazy_config(LAZY, ["train.seed=3"]).model)
     assert type(model) is PGFCOS
-    assert model.pg == PGOptions(True, 1.0, 1.0, PGSettings(), seed=3)
+    assert model.pg == PGOptions(True, 1.0, 0.5, PGSettings(
+        reward_estimator="swap", suppressor_credit=True, kept_box_credit=True,
+        advantage_norm="image_max"), seed=3)
     reference = instantiate(original.model)
     assert type(reference) is FCOS
     assert {k: v.shape for k, v in model.state_dict().items()} == {

@@ -225,11 +225,16 @@ def test_kept_box_credit_goes_to_the_detected_logit():
     assert not pg.candidate_mask[image.num_slots:].any(), "image without ground truth"
 
 
+# the paper-literal term over the config's one-stage choice (swap, both credits, image_max, c 0.5)
+PAPER_TERM = ["MODEL.PG.REWARD_ESTIMATOR", "joint", "MODEL.PG.KEPT_BOX_CREDIT", "False",
+              "MODEL.PG.SUPPRESSOR_CREDIT", "False", "MODEL.PG.ADVANTAGE_NORM", "none",
+              "MODEL.PG.REWARD_SCALE", "1.0"]
+
+
 @pytest.mark.parametrize("options", [
     [],
-    ["MODEL.PG.REWARD_ESTIMATOR", "swap", "MODEL.PG.KEPT_BOX_CREDIT", "True",
-     "MODEL.PG.SUPPRESSOR_CREDIT", "True", "MODEL.PG.ADVANTAGE_NORM", "image_max"],
-    ["MODEL.PG.REWARD_ESTIMATOR", "reinforce", "MODEL.PG.SAMPLE_NMS", "True",
+    PAPER_TERM,
+    [*PAPER_TERM, "MODEL.PG.REWARD_ESTIMATOR", "reinforce", "MODEL.PG.SAMPLE_NMS", "True",
      "MODEL.PG.GAMMA", "0.0"],
 ])
 def test_two_training_iterations_with_pg(options):
