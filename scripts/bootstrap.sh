@@ -18,6 +18,20 @@ STAMP="$VENV/.pgdet-ready"
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 log() { echo "[bootstrap] $*"; }
 
+# torch's x86_64 wheel with its CUDA libraries fills ~5.6 GB of the venv, and a test run writes
+# up to ~1 GB of checkpoints: refuse early, with the numbers, rather than fail half-installed.
+MIN_FREE_GB="${PGDET_MIN_FREE_GB:-8}"
+if ! { [ -x "$PY" ] && "$PY" -c "import torch, torchvision" 2>/dev/null; }; then
+  probe="$VENV"; while [ ! -d "$probe" ]; do probe="$(dirname "$probe")"; done
+  free_gb=$(( $(df -Pk "$probe" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "$free_gb" -lt "$MIN_FREE_GB" ]; then
+    log "error: ${free_gb} GB free on the disk of $probe; installing torch and running the tests"
+    log "needs about ${MIN_FREE_GB} GB. Free some space, or point PGDET_VENV at a larger disk"
+    log "(PGDET_MIN_FREE_GB lowers the threshold if you know better)."
+    exit 1
+  fi
+fi
+
 if [ ! -x "$PY" ]; then
   log "creating virtual environment in $VENV"
   python3 -m venv "$VENV"
