@@ -299,7 +299,7 @@ def test_retinanet_cpu_configs_follow_the_two_stage_protocol(folder, two_stage):
     assert ft.SOLVER.BASE_LR == pytest.approx(baseline.SOLVER.BASE_LR / 10)
 
 
-CPU_RETINANETS = ["demo/retinanet_MobileNetV2_FPN_demo.yaml"]
+CPU_RETINANETS = ["demo/retinanet_MobileNetV2_FPN_demo.yaml", "bccd/retinanet_MobileNetV2_FPN_bccd.yaml"]
 
 
 @pytest.mark.parametrize("name", CPU_RETINANETS)
