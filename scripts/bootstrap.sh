@@ -18,10 +18,18 @@ STAMP="$VENV/.pgdet-ready"
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 log() { echo "[bootstrap] $*"; }
 
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/setup.py" "$0" | sha1sum)" ] \
+   && "$PY" -c "import torch, torchvision, detectron2, pgdet, pytest, timm" 2>/dev/null; then
+  log "environment ready ($VENV)"
+  exit 0
+fi
+
 # torch's x86_64 wheel with its CUDA libraries fills ~5.6 GB of the venv, and a test run writes
 # up to ~1 GB of checkpoints: refuse early, with the numbers, rather than fail half-installed.
 MIN_FREE_GB="${PGDET_MIN_FREE_GB:-8}"
-if ! { [ -x "$PY" ] && "$PY" -c "import torch, torchvision" 2>/dev/null; }; then
+need_torch=1
+[ -x "$PY" ] && "$PY" -c "import torch, torchvision" 2>/dev/null && need_torch=0
+if [ "$need_torch" = 1 ]; then
   probe="$VENV"; while [ ! -d "$probe" ]; do probe="$(dirname "$probe")"; done
   free_gb=$(( $(df -Pk "$probe" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
   if [ "$free_gb" -lt "$MIN_FREE_GB" ]; then
@@ -38,16 +46,10 @@ if [ ! -x "$PY" ]; then
   "$PY" -m pip install --quiet --upgrade "pip>=23" >/dev/null 2>&1
 fi
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/setup.py" "$0" | sha1sum)" ] \
-   && "$PY" -c "import torch, torchvision, detectron2, pgdet, pytest, timm" 2>/dev/null; then
-  log "environment ready ($VENV)"
-  exit 0
-fi
-
 # pip's own output, minus the warnings some machines' pip configs print for every package
 pipi() { "$PY" -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }; }
 
-if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+if [ "$need_torch" = 1 ]; then
   log "installing $TORCH_SPEC"
   pipi $TORCH_SPEC
 fi

@@ -299,7 +299,8 @@ def test_retinanet_cpu_configs_follow_the_two_stage_protocol(folder, two_stage):
     assert ft.SOLVER.BASE_LR == pytest.approx(baseline.SOLVER.BASE_LR / 10)
 
 
-CPU_RETINANETS = ["demo/retinanet_MobileNetV2_FPN_demo.yaml", "bccd/retinanet_MobileNetV2_FPN_bccd.yaml"]
+CPU_RETINANETS = ["demo/retinanet_MobileNetV2_FPN_demo.yaml",
+                  "bccd/retinanet_MobileNetV2_FPN_bccd.yaml"]
 
 
 @pytest.mark.parametrize("name", CPU_RETINANETS)
@@ -307,7 +308,7 @@ def test_cpu_retinanet_head_keeps_the_scale_of_its_input_at_initialisation(name)
     """detectron2's RetinaNet head draws its 4 convs at std 0.01 with no norm, which shrinks the
     input ~100x at 256 channels and ~1,400x at the CPU configs' 64: trained so, the demo's
     classifier learned where objects are but not which class (13.7 AP on its tune split against
-    51.0 with GroupNorm in the head, benchmarks/RESULTS.md §11). The bound sits between the two."""
+    51.6 with GroupNorm in the head, benchmarks/RESULTS.md §11). The bound sits between the two."""
     cfg = load(name)
     channels = cfg.MODEL.FPN.OUT_CHANNELS
     head = RetinaNetHead(cfg, [ShapeSpec(channels=channels)] * 5)

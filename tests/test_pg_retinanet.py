@@ -56,7 +56,7 @@ def _spread_scores(model, seed=1):
     boxes above the test threshold, so D is not empty and NMS, top-k and the cap all act. The
     head's GroupNorm already makes the scores and boxes differ from anchor to anchor (distinct
     scores, no ties for NMS to break)."""
-    assert model.head.cls_subnet[1].__class__.__name__ == "GroupNorm"
+    assert isinstance(model.head.cls_subnet[1], torch.nn.GroupNorm)
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed)
         model.head.cls_score.bias.copy_(torch.randn(model.head.cls_score.bias.shape, generator=g))
