@@ -38,17 +38,18 @@ HAND_IOU = [0.9, 0.5, 0.8, 0.0, 0.0, 0.0]
 def _hand_case():
     """Every quantity of the paper for HAND_*, by hand. Returns (ranking mean, sorting mean,
     dL/ds of L = ranking + sorting for the 6 scores)."""
-    # A (s 1.0): H to B 0.7, to C 0, to N1 0.6, to N2/N3 0
-    rank_a, rank_pos_a, fp_a = 1 + 0.7 + 0.6, 1 + 0.7, 0.6
-    # B (s 1.2): H to A 0.3, to C 0, to N1 0.4
-    rank_b, rank_pos_b, fp_b = 1 + 0.3 + 0.4, 1 + 0.3, 0.4
-    # C (s 0.0): H to A 1, to B 1, to N1 1, to N2 0.2
-    rank_c, rank_pos_c, fp_c = 1 + 1 + 1 + 1 + 0.2, 1 + 1 + 1, 1 + 0.2
+    # each positive's relation with itself is H(0) = 0.5 (the paper's sums run over j = i too)
+    # A (s 1.0): H to itself 0.5, to B 0.7, to C 0, to N1 0.6, to N2/N3 0
+    rank_a, rank_pos_a, fp_a = 0.5 + 0.7 + 0.6, 0.5 + 0.7, 0.6
+    # B (s 1.2): H to itself 0.5, to A 0.3, to C 0, to N1 0.4
+    rank_b, rank_pos_b, fp_b = 0.5 + 0.3 + 0.4, 0.5 + 0.3, 0.4
+    # C (s 0.0): H to itself 0.5, to A 1, to B 1, to N1 1, to N2 0.2
+    rank_c, rank_pos_c, fp_c = 0.5 + 1 + 1 + 1 + 0.2, 0.5 + 1 + 1, 1 + 0.2
     lr_a, lr_b, lr_c = fp_a / rank_a, fp_b / rank_b, fp_c / rank_c
     # sorting: mean (1 - IoU) over the positives at or above; target: only those with IoU >= own
-    ls_a = (0.1 + 0.7 * 0.5) / rank_pos_a - 0.1 / 1  # target: A alone (IoU 0.9)
-    ls_b = (0.5 + 0.3 * 0.1) / rank_pos_b - (0.5 + 0.3 * 0.1) / rank_pos_b  # all >= 0.5: none
-    ls_c = (0.2 + 0.1 + 0.5) / rank_pos_c - (0.2 + 0.1) / 2  # target: A and C (IoU >= 0.8)
+    ls_a = (0.5 * 0.1 + 0.7 * 0.5) / rank_pos_a - 0.5 * 0.1 / 0.5  # target: A alone (IoU 0.9)
+    ls_b = (0.5 * 0.5 + 0.3 * 0.1) / rank_pos_b - (0.5 * 0.5 + 0.3 * 0.1) / rank_pos_b  # none
+    ls_c = (0.5 * 0.2 + 0.1 + 0.5) / rank_pos_c - (0.5 * 0.2 + 0.1) / 1.5  # target: A and C
     # identity update, /3 positives. Ranking pmfs: A -> N1 (1); B -> N1 (1); C -> N1 1/1.2,
     # N2 0.2/1.2. Sorting pmfs: A -> B (the only one above A with lower IoU); C -> B.
     grad = [
@@ -73,8 +74,8 @@ def _run(logits, positive, iou, delta=0.5):
 def test_hand_computed_case_values_and_identity_update():
     ranking, sorting, grad = _run(HAND_LOGITS, HAND_POSITIVE, HAND_IOU)
     want_ranking, want_sorting, want_grad = _hand_case()
-    assert ranking == pytest.approx(want_ranking, abs=1e-12)  # 0.26063
-    assert sorting == pytest.approx(want_sorting, abs=1e-12)  # 0.09379
+    assert ranking == pytest.approx(want_ranking, abs=1e-12)  # 0.32315
+    assert sorting == pytest.approx(want_sorting, abs=1e-12)  # 0.08444
     assert grad.tolist() == pytest.approx(want_grad, abs=1e-12)
     # B is ranked above two better-localised positives: the sorting update pushes it down
     assert grad[1] > 0 and grad[0] < 0 and grad[2] < 0
@@ -86,31 +87,48 @@ def test_each_term_backpropagates_its_own_update():
     ranking, sorting = rank_sort_loss(logits, torch.tensor(HAND_POSITIVE),
                                       torch.tensor(HAND_IOU, dtype=torch.float64))
     (2.0 * sorting).backward()
-    ls_a, ls_c = 0.45 / 1.7 - 0.1, 0.8 / 3 - 0.15
+    ls_a, ls_c = 0.4 / 1.2 - 0.1, 0.7 / 2.5 - 0.2 / 1.5
     assert logits.grad.tolist() == pytest.approx(
         [2 / 3 * g for g in (-ls_a, ls_a + ls_c, -ls_c, 0, 0, 0)], abs=1e-12)
 
 
-def _average_precision(scores, labels):
-    """AP of one ranking: mean over the positives of the precision at their rank."""
+def _average_precision(scores, labels, self_weight=1.0):
+    """AP of one ranking: mean over the positives of the precision at their rank, each
+    positive counted `self_weight` in its own rank (1: the ordinary AP)."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     hits = np.asarray(labels)[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    above = np.arange(len(hits))  # examples strictly above each position
+    precision = (np.cumsum(hits) - 1 + self_weight) / (above + self_weight)
     return precision[hits].mean()
 
 
 @pytest.mark.parametrize("delta", [0.0, 0.5])
 def test_hard_ranking_error_is_one_minus_ap(delta):
-    """Scores 1 apart: every H is 0 or 1 even with δ = 0.5, so (1/|P|) Σ ℓ_R = 1 − AP; positives
-    sorted by IoU (all IoUs equal here) have no sorting error."""
+    """Scores 1 apart: every H between two examples is 0 or 1 even with δ = 0.5. With δ = 0,
+    (1/|P|) Σ ℓ_R = 1 − AP; with δ = 0.5 each positive counts H(0) = ½ in its own rank, so the
+    precision at it is (positives above + ½) / (examples above + ½). Positives sorted by IoU (all
+    IoUs equal here) have no sorting error."""
     rng = np.random.default_rng(0)
+    self_weight = 1.0 if delta == 0 else 0.5
     for _ in range(5):
         scores = rng.permutation(20).astype(float)
         labels = rng.random(20) < 0.4
         labels[0] = True
         ranking, sorting, _ = _run(scores.tolist(), labels.tolist(), [0.7] * 20, delta)
-        assert ranking == pytest.approx(1 - _average_precision(scores, labels), abs=1e-12)
+        assert ranking == pytest.approx(
+            1 - _average_precision(scores, labels, self_weight), abs=1e-12)
         assert sorting == 0.0
+
+
+def test_a_positive_counts_half_in_its_own_rank_with_the_smoothed_step():
+    """One positive and one negative at equal logits, δ = 0.5: H(x_ij) = H(0) = ½ for both
+    terms of rank(i) = H(x_ii) + H(x_ij), so ℓ_R = ½ / (½ + ½) = ½, spread in full on the
+    negative: gradients (−½, +½) (the paper's sums; the authors' code agrees). Counting the
+    positive as 1 in its own rank would give ⅓ and (−⅓, +⅓)."""
+    ranking, sorting, grad = _run([0.2, 0.2], [True, False], [0.8, 0.0])
+    assert ranking == pytest.approx(0.5, abs=1e-12)
+    assert sorting == 0.0
+    assert grad.tolist() == pytest.approx([-0.5, 0.5], abs=1e-12)
 
 
 def test_perfect_ranking_and_sorting_has_no_loss_and_no_gradient():
@@ -130,7 +148,7 @@ def _loop_oracle(logits, positive, iou, delta):
     grad = [0.0] * len(logits)
     ranking, sorting = 0.0, 0.0
     for i in pos:
-        hij = {j: (1.0 if j == i else h(logits[j] - logits[i])) for j in range(len(logits))}
+        hij = {j: h(logits[j] - logits[i]) for j in range(len(logits))}  # H(x_ii) = H(0)
         fp = sum(hij[j] for j in neg)
         rank_pos = sum(hij[j] for j in pos)
         l_r = fp / (rank_pos + fp)

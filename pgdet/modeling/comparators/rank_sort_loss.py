@@ -12,8 +12,11 @@ the paper's smoothed step: 0 below −δ, x/(2δ) + 1/2 on [−δ, δ], 1 above 
   (what it would be if the positives above i were sorted by quality);
 - L_RS = (1/|P|) Σ_{i∈P} [ℓ_R(i) + ℓ_S(i) − ℓ*_S(i)].
 
-Interpretation choice: i itself counts once in rank(i) and rank⁺(i) (H(x_ii) = 1, not the
-smoothed H(0) = 1/2), as in a rank: with hard steps the mean ranking error is exactly 1 − AP.
+i itself is one of the terms of rank(i) and rank⁺(i), as the paper's sums Σ_{j∈P} H(x_ij) say:
+H(x_ii) = H(0), which is 1/2 with the smoothed step (δ > 0) and 1 with the hard one (δ = 0), as
+in the authors' implementation (the relation of a positive with itself is 0/(2δ) + 0.5). With
+hard steps the mean ranking error is exactly 1 − AP; with δ > 0 each positive counts half in its
+own rank, which weighs the errors of the best-ranked positives more than a rank would.
 
 The loss is not differentiated: its gradient is the paper's error-driven *identity update*. Each
 error is spread over the examples that cause it as primary terms L_ij = (ℓ(i) − ℓ*(i)) p(j|i):
@@ -55,8 +58,7 @@ def rank_sort_errors(pos_logits: torch.Tensor, quality: torch.Tensor, neg_logits
         w.r.t. the positives [P] (the sorting term does not touch negatives).
     """
     h_neg = smoothed_step(neg_logits[None, :] - pos_logits[:, None], delta)  # [P, N]: H(x_ij)
-    h_pos = smoothed_step(pos_logits[None, :] - pos_logits[:, None], delta)  # [P, P]
-    h_pos.fill_diagonal_(1.0)
+    h_pos = smoothed_step(pos_logits[None, :] - pos_logits[:, None], delta)  # [P, P], H(0) diagonal
     num_fp = h_neg.sum(1)
     rank_pos = h_pos.sum(1)
     ranking = num_fp / (rank_pos + num_fp)
