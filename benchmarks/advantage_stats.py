@@ -41,7 +41,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (label, reward estimator, NMS on sampled sets, baseline r')
 SETTINGS = (
     ("paper: joint, no sample NMS, r'=NMS", "joint", False, "nms"),
-    ("joint, no sample NMS, r'=sampled mean", "joint", False, "sampled_mean"),
     ("conditional, no sample NMS, r'=NMS", "conditional", False, "nms"),
     ("conditional, sample NMS, r'=NMS", "conditional", True, "nms"),
     ("conditional, sample NMS, r'=sampled mean", "conditional", True, "sampled_mean"),

@@ -110,17 +110,21 @@ def test_sample_nms_counts_the_raw_bernoulli_draw():
     torch.testing.assert_close(pg.advantages, exact, atol=0.012, rtol=0)
 
 
-def test_sampled_mean_baseline_and_joint_estimate_by_hand():
+def test_sampled_mean_baseline_and_conditional_estimate_by_hand():
     """k = 3 actions redrawn here from the same generator, each scored by pycocotools:
-    r' = mean r(a_j), A_b = Σ_j r(a_j)[b ∈ a_j] / k − r'."""
+    r' = mean r(a_j), A_b = mean of r(a_j) over the actions holding b − r' (0 if none does).
+    (``joint`` with this baseline is rejected at build time: tests/test_pg_inference_sets.py.)"""
     cand, probs, props, gt = _enumerable_case()
     draws = torch.rand((3, 8), generator=torch.Generator().manual_seed(4)) < P_B
     rewards = torch.tensor([_action_rewards(False)[tuple(int(x) for x in row)] for row in draws])
     pg = compute_advantages([probs], [cand.repeat(1, NUM_CLASSES)], [props], [gt],
-                            PGSettings(num_samples=3, baseline="sampled_mean"),
+                            PGSettings(num_samples=3, reward_estimator="conditional",
+                                       baseline="sampled_mean"),
                             torch.Generator().manual_seed(4), InferenceThresholds(score_thresh=1.0))
     assert pg.baseline_reward.item() == pytest.approx(rewards.mean().item(), abs=1e-6)
-    expected = ((rewards[:, None] * draws).sum(0) / 3 - rewards.mean()).float()
+    times = draws.sum(0)
+    expected = (rewards[:, None] * draws).sum(0) / times.clamp(min=1) - rewards.mean()
+    expected = torch.where(times > 0, expected, torch.zeros_like(expected)).float()
     torch.testing.assert_close(pg.advantages, expected, atol=1e-6, rtol=0)
 
 

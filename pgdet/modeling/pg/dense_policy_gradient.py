@@ -73,8 +73,8 @@ class DenseInference(NamedTuple):
 
 def dense_detections(anchors: List[Boxes], scores: List[torch.Tensor],
                      deltas: List[torch.Tensor], box2box_transform, inference: DenseInference,
-                     image_size: Tuple[int, int]) -> Tuple[Instances, torch.Tensor]:
-    """D of one image and the anchor of each of its boxes.
+                     image_size: Tuple[int, int]) -> Tuple[Instances, torch.Tensor, torch.Tensor]:
+    """D of one image, the anchor of each of its boxes, and the boxes as NMS compared them.
 
     detectron2's DenseDetector inference (``_decode_multi_level_predictions``, class-wise
     ``batched_nms``, the cap) and ``detector_postprocess``'s clipping, computed here because
@@ -82,8 +82,9 @@ def dense_detections(anchors: List[Boxes], scores: List[torch.Tensor],
     the two).
 
     anchors: per level Boxes [A_l]; scores: per level [A_l, K]; deltas: per level [A_l, 4].
-    Returns D (pred_boxes, scores, pred_classes) and [|D|] indices into the levels' anchors
-    concatenated.
+    Returns D (pred_boxes, scores, pred_classes), [|D|] indices into the levels' anchors
+    concatenated, and [|D|, 4] D's boxes before clipping: NMS runs on those (a box reaching
+    past the border overlaps its neighbours less than its clipped self does).
     """
     boxes, top_scores, classes, sources = [], [], [], []
     offset = 0
@@ -106,13 +107,15 @@ def dense_detections(anchors: List[Boxes], scores: List[torch.Tensor],
     nonempty = kept_boxes.nonempty()
     detections = Instances(image_size, pred_boxes=kept_boxes[nonempty],
                            scores=top_scores[keep][nonempty], pred_classes=classes[keep][nonempty])
-    return detections, sources[keep][nonempty]
+    return detections, sources[keep][nonempty], boxes[keep][nonempty]
 
 
 def _dense_images(anchors, scores, deltas, gt_labels, targets, image_sizes, box2box_transform,
                   inference, policy) -> List[PGImage]:
     """The reward's inputs of each image (see the module docstring); shapes as in
-    :func:`dense_pg_loss`, `policy` not None."""
+    :func:`dense_pg_loss`, `policy` not None. Each candidate carries its policy probability
+    (drawn) and its test-time score (ranked against D), and its box unclipped (for NMS) and
+    clipped (for the reward)."""
     num_classes = scores[0].shape[2]
     all_anchors = Boxes.cat(anchors).tensor
     images = []
@@ -120,17 +123,20 @@ def _dense_images(anchors, scores, deltas, gt_labels, targets, image_sizes, box2
         image_scores = [s[i] for s in scores]
         image_policy = [p[i] for p in policy]
         image_deltas = [d[i] for d in deltas]
-        base, base_anchor = dense_detections(anchors, image_scores, image_deltas,
-                                             box2box_transform, inference, image_size)
+        base, base_anchor, base_nms_boxes = dense_detections(
+            anchors, image_scores, image_deltas, box2box_transform, inference, image_size)
         cand_anchor = torch.nonzero((labels >= 0) & (labels < num_classes), as_tuple=True)[0]
         cand_classes = labels[cand_anchor]
-        cand_boxes = Boxes(box2box_transform.apply_deltas(cat(image_deltas)[cand_anchor],
-                                                          all_anchors[cand_anchor]))
+        cand_nms_boxes = box2box_transform.apply_deltas(cat(image_deltas)[cand_anchor],
+                                                        all_anchors[cand_anchor])
+        cand_boxes = Boxes(cand_nms_boxes.clone())
         cand_boxes.clip(image_size)
         images.append(PGImage(
             len(labels) * num_classes, base, base_anchor * num_classes + base.pred_classes,
             torch.ones_like(base.scores), cand_anchor * num_classes + cand_classes, cand_classes,
             cat(image_policy)[cand_anchor, cand_classes], cand_boxes.tensor, gt,
+            cand_rank_scores=cat(image_scores)[cand_anchor, cand_classes],
+            base_nms_boxes=base_nms_boxes, cand_nms_boxes=cand_nms_boxes,
         ))
     return images
 
@@ -174,7 +180,8 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
         # the detector's own NMS threshold (D's), as the two-stage path passes its predictor's
         pg = advantages_of_images(images, options.settings,
                                   action_generator(options.seed, log_probs.device, storage.iter),
-                                  log_probs.device, inference.nms_thresh)
+                                  log_probs.device, inference.nms_thresh,
+                                  inference.max_detections)
         advantages = pg.advantages.view_as(log_probs)
         weights = options.reward_scale * pg.advantages[pg.candidate_mask] + options.gamma
     log_pg_stats(storage, pg, weights, time.perf_counter() - start)

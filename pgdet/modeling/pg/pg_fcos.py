@@ -14,10 +14,12 @@ RetinaNet's σ(x) plays are split:
   with the centerness-weighted scores: r' is the AP that inference would get;
 - the policy, the Bernoulli whose log-probability the PG term differentiates, is
   ``p_b = σ(x[b, l_b])``, because the class logit is the one that the focal loss trains towards
-  l_b and that eq. 11's factor (p_b − 1) belongs to; the sampled actions draw and rank their
-  candidates by it. The centerness is a shared per-point factor, trained by its own BCE only:
-  the PG term gives it no gradient. (Under the ``swap`` estimator a candidate enters D with its
-  p_b, compared with D's centerness-weighted scores.)
+  l_b and that eq. 11's factor (p_b − 1) belongs to; the sampled actions draw their candidates
+  with it. The centerness is a shared per-point factor, trained by its own BCE only: the PG
+  term gives it no gradient;
+- wherever a candidate meets D's boxes — NMS suppression, its rank inside every swapped or
+  sampled set, the cap — it carries its own test-time score sqrt(p_b · σ(ctr_b)), the scale of
+  D's scores (``PGImage.cand_rank_scores``).
 
 FCOS is a LazyConfig-only model in detectron2 (no META_ARCH_REGISTRY entry, no yacs keys), so
 the PG options are an explicit constructor argument, checked as the YAML path checks MODEL.PG.

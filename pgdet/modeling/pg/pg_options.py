@@ -79,6 +79,11 @@ def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_
     if estimator == "reinforce" and settings.num_samples < 2:
         problems.append("MODEL.PG.REWARD_ESTIMATOR reinforce compares actions with and without "
                         f"each box: MODEL.PG.NUM_SAMPLES must be >= 2, got {settings.num_samples}")
+    if estimator == "joint" and settings.baseline == "sampled_mean":
+        problems.append("MODEL.PG.REWARD_ESTIMATOR joint with MODEL.PG.BASELINE sampled_mean "
+                        "gives no box a positive advantage (it subtracts the mean of all k "
+                        "rewards from the sum over b's actions only): use BASELINE nms, or "
+                        "REWARD_ESTIMATOR conditional")
     if estimator == "swap" and settings.baseline != "nms":
         problems.append("MODEL.PG.REWARD_ESTIMATOR swap samples no actions to average: use "
                         "MODEL.PG.BASELINE nms (r' = AP of the NMS result it swaps boxes into)")
@@ -147,7 +152,9 @@ def log_pg_stats(storage, pg, weights, seconds):
     """
     if pg.baseline_reward.numel():
         storage.put_scalar("pg/baseline_reward", pg.baseline_reward.mean().item())
-        storage.put_scalar("pg/sampled_reward", pg.sampled_reward.mean().item())
+        sampled = pg.sampled_reward[~pg.sampled_reward.isnan()]  # swap: images with candidates
+        if sampled.numel():
+            storage.put_scalar("pg/sampled_reward", sampled.mean().item())
     if pg.candidate_mask.any():
         storage.put_scalar(
             "pg/positive_advantage_frac",

@@ -69,7 +69,7 @@ are a fixed number (the sizes used for padding, the NMS of detectron2's inferenc
 of the number of boxes.
 """
 from dataclasses import dataclass
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 from detectron2.layers import batched_nms
@@ -125,7 +125,8 @@ class PGAdvantages:
     advantages:      [R] float, ``A_b`` per sampled RoI (0 where the method has no estimate).
     baseline_reward: [B'] float, ``r'`` of each image with ground truth (B' <= B).
     sampled_reward:  [B', k] float, ``r(a_j)`` of each action of those images; with ``swap``
-                     [B', 1], the mean reward of the image's swapped sets.
+                     [B', 1], the mean reward of the image's swapped sets (NaN for an image
+                     without candidates, which has none: averages skip it).
     candidate_mask:  [R] bool, the RoIs whose advantage the method estimates (foreground RoIs
                      not selected by D; with the credit options also D's RoIs and suppressors).
     """
@@ -142,6 +143,13 @@ class PGImage(NamedTuple):
     A *slot* is one term the loss can weight: a sampled RoI of a two-stage detector (its
     cross-entropy towards its label), an (anchor, class) logit of a one-stage one. The reward
     only needs, per image, D and the candidates with the slot each belongs to.
+
+
+    Two roles that one number plays in a two-stage detector are separate fields, because a
+    detector may split them: the policy p_b (the Bernoulli draws, the ``reinforce`` factor) and
+    the test-time score that ranks b against D's boxes (NMS suppression, order inside every set,
+    the detection cap): FCOS ranks by sqrt(p_b · centerness). Likewise the boxes that NMS
+    compared and the boxes the reward scores: dense detectors run NMS before clipping.
     """
 
     num_slots: int
@@ -150,9 +158,23 @@ class PGImage(NamedTuple):
     base_sign: torch.Tensor  # [|D|] +1 where raising the slot's term raises the box's score
     cand_slot: torch.Tensor  # [C] long, the slot of each candidate
     cand_classes: torch.Tensor  # [C] long, l_b
-    cand_scores: torch.Tensor  # [C] p_b
+    cand_scores: torch.Tensor  # [C] p_b, the policy's probability of keeping b
     cand_boxes: torch.Tensor  # [C, 4] the box decoded for l_b, clipped to the image
     gt: Instances  # the image's full ground truth
+    # [C] b's test-time score, on the scale of D's scores; None: p_b is that score
+    cand_rank_scores: Optional[torch.Tensor] = None
+    # [|D|, 4] and [C, 4] the boxes as NMS compared them; None: pred_boxes and cand_boxes
+    base_nms_boxes: Optional[torch.Tensor] = None
+    cand_nms_boxes: Optional[torch.Tensor] = None
+
+    def rank_scores(self) -> torch.Tensor:
+        return self.cand_scores if self.cand_rank_scores is None else self.cand_rank_scores
+
+    def nms_boxes(self):
+        """([|D|, 4], [C, 4]) the boxes NMS compared (suppression and the actions' NMS)."""
+        base = self.base.pred_boxes.tensor if self.base_nms_boxes is None else self.base_nms_boxes
+        cand = self.cand_boxes if self.cand_nms_boxes is None else self.cand_nms_boxes
+        return base, cand
 
 
 class _ImageSets(NamedTuple):
@@ -204,39 +226,49 @@ def _cap_and_nms(selected, scores, boxes, classes, settings: PGSettings, nms_thr
     return selected
 
 
-def _suppressors(base: Instances, cand_boxes, cand_scores, cand_classes, nms_thresh: float):
+def _suppressors(image: PGImage, nms_thresh: float):
     """[C] index into D of the box that wins over each candidate in greedy class-wise NMS, -1
     where none does.
 
-    That box is the highest-scoring box of D of b's class, scoring at least b's score, that
-    overlaps b by more than `nms_thresh` (greedy NMS visits kept boxes by descending score, so
-    that is the one that removes b). The same holds for a b under the score threshold: it would
-    be removed by that box if it took part. An empty D suppresses nothing.
+    That box is the highest-scoring box of D of b's class, scoring at least b's test-time score,
+    that overlaps b by more than `nms_thresh` on the boxes NMS compared (greedy NMS visits kept
+    boxes by descending score, so that is the one that removes b). The same holds for a b under
+    the score threshold: it would be removed by that box if it took part. An empty D
+    suppresses nothing.
     """
+    base = image.base
+    base_boxes, cand_boxes = image.nms_boxes()
     if len(base) == 0:
         return torch.full((len(cand_boxes),), -1, dtype=torch.long, device=cand_boxes.device)
     suppresses = (
-        (base.pred_classes[None, :] == cand_classes[:, None])
-        & (pairwise_iou(Boxes(cand_boxes), base.pred_boxes) > nms_thresh)
-        & (base.scores[None, :] >= cand_scores[:, None])
+        (base.pred_classes[None, :] == image.cand_classes[:, None])
+        & (pairwise_iou(Boxes(cand_boxes), Boxes(base_boxes)) > nms_thresh)
+        & (base.scores[None, :] >= image.rank_scores()[:, None])
     )  # [C, |D|]
     first = torch.where(suppresses, base.scores[None, :], float("-inf")).argmax(dim=1)
     return torch.where(suppresses.any(dim=1), first, torch.full_like(first, -1))
 
 
-def _swap_sets(num_base: int, suppressor: torch.Tensor) -> torch.Tensor:
+def _swap_sets(base_scores: torch.Tensor, suppressor: torch.Tensor,
+               detection_cap: int) -> torch.Tensor:
     """The ``swap`` estimator's sets: [C, |D| + C] bool over the pool [D; candidates].
 
-    Row b is D with candidate b in place of its suppressor, or D ∪ {b} where no box of D
-    suppresses b (b is missing from D only by the score threshold or the detection cap).
+    Row b is D with candidate b in place of its suppressor. Where no box of D suppresses b, b is
+    missing from D by the score threshold or by the detector's per-image cap: the row is
+    D ∪ {b} while D holds fewer than `detection_cap` boxes, and otherwise D without its
+    lowest-scored box, plus b — what inference outputs once b scores high enough to be kept,
+    never a set of cap + 1 boxes that it could not output (the reward's own cap is per class,
+    so it would count b). base_scores: [|D|] D's scores.
     """
-    num_cand = len(suppressor)
+    num_base, num_cand = len(base_scores), len(suppressor)
     rows = torch.arange(num_cand, device=suppressor.device)
     sets = torch.zeros((num_cand, num_base + num_cand), dtype=torch.bool,
                        device=suppressor.device)
     sets[:, :num_base] = True
     swapped = suppressor >= 0
     sets[rows[swapped], suppressor[swapped]] = False
+    if num_base >= detection_cap:
+        sets[rows[~swapped], base_scores.argmin()] = False
     sets[rows, num_base + rows] = True
     return sets
 
@@ -249,12 +281,18 @@ def _leave_one_out_sets(num_base: int, num_cand: int, device) -> torch.Tensor:
 
 
 def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
-                generator) -> _ImageSets:
+                detection_cap: int, generator) -> _ImageSets:
     """Pool and membership of the sets of one image with ground truth (steps 3-4); `nms_thresh`
-    is the detector's test-time NMS threshold (the actions' NMS and the swap suppressors)."""
+    and `detection_cap` are the detector's test-time NMS threshold and per-image cap (the
+    actions' NMS, the swap suppressors and sets).
+
+    b is drawn with its policy probability p_b, and ranked (actions' NMS and cap, order inside
+    every set) by its test-time score, the scale of D's scores.
+    """
     base = image.base
     device = image.cand_scores.device
     cand_scores, cand_boxes, cand_classes = image.cand_scores, image.cand_boxes, image.cand_classes
+    rank_scores = image.rank_scores()
     in_baseline = ((image.cand_slot[:, None] == image.base_slot[None, :])
                    & (cand_classes[:, None] == base.pred_classes[None, :])).any(dim=1)
     num_base, num_cand = len(base), len(cand_scores)
@@ -262,14 +300,14 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
         drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
-        suppressor = _suppressors(base, cand_boxes, cand_scores, cand_classes, nms_thresh)
-        estimator_sets = _swap_sets(num_base, suppressor)
+        suppressor = _suppressors(image, nms_thresh)
+        estimator_sets = _swap_sets(base.scores, suppressor, detection_cap)
     else:
         draws = torch.rand((settings.num_samples, num_cand), generator=generator, device=device)
         drawn = draws < cand_scores
         estimator_sets = torch.zeros((settings.num_samples, pool), dtype=torch.bool,
                                      device=device)
-        estimator_sets[:, num_base:] = _cap_and_nms(drawn, cand_scores, cand_boxes,
+        estimator_sets[:, num_base:] = _cap_and_nms(drawn, rank_scores, image.nms_boxes()[1],
                                                     cand_classes, settings, nms_thresh)
     baseline_set = torch.zeros((1, pool), dtype=torch.bool, device=device)
     baseline_set[0, :num_base] = True
@@ -279,7 +317,7 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     return _ImageSets(
         i, image, in_baseline, drawn, suppressor,
         torch.cat([base.pred_boxes.tensor, cand_boxes]),
-        torch.cat([base.scores, cand_scores]),
+        torch.cat([base.scores, rank_scores]),
         torch.cat([base.pred_classes, cand_classes]),
         torch.cat(sets),
     )
@@ -385,20 +423,21 @@ def compute_advantages(
     device = probs[0].device if probs else torch.device("cpu")
     return advantages_of_images(
         _roi_images(probs, boxes, proposals, targets, settings, inference), settings, generator,
-        device, inference.nms_thresh)
+        device, inference.nms_thresh, inference.topk_per_image)
 
 
 @torch.no_grad()
 def advantages_of_images(images: List[PGImage], settings: PGSettings,
-                         generator: torch.Generator, device, nms_thresh: float) -> PGAdvantages:
+                         generator: torch.Generator, device, nms_thresh: float,
+                         detection_cap: int) -> PGAdvantages:
     """Advantages over the slots of a batch, from each image's D and candidates (steps 3-9):
     the detector-agnostic part that every detector family calls.
 
     The result's ``advantages`` and ``candidate_mask`` are the images' slots concatenated
-    ([Σ num_slots]); ``device`` is where they live when the batch is empty. ``nms_thresh`` is
-    the detector's own test-time NMS threshold (the one that made D), which the actions' NMS
-    and the swap estimator's suppressors use: the caller passes its attribute, so no copy of it
-    lives in PGSettings.
+    ([Σ num_slots]); ``device`` is where they live when the batch is empty. ``nms_thresh`` and
+    ``detection_cap`` are the detector's own test-time NMS threshold and per-image detection
+    cap (those that made D), which the actions' NMS and the swap estimator's suppressors and
+    sets use: the caller passes its attributes, so no copy of them lives in PGSettings.
     """
     advantages = [torch.zeros(image.num_slots, device=device) for image in images]
     estimated = [torch.zeros(image.num_slots, dtype=torch.bool, device=device) for image in images]
@@ -406,7 +445,7 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
     num_sampled = 1 if swap else settings.num_samples
 
     per_image = [  # only images with ground truth have a reward
-        _image_sets(i, image, settings, nms_thresh, generator)
+        _image_sets(i, image, settings, nms_thresh, detection_cap, generator)
         for i, image in enumerate(images) if len(image.gt) > 0
     ]
     if not per_image:
@@ -419,8 +458,8 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
                           for s in per_image]
     if swap:
         sampled_reward = torch.stack([
-            rewards[row, 1:1 + n].sum() / max(n, 1) for row, n in enumerate(num_estimator_sets)
-        ]).unsqueeze(1)
+            rewards[row, 1:1 + n].mean() for row, n in enumerate(num_estimator_sets)
+        ]).unsqueeze(1)  # NaN where an image has no candidate, hence no swapped set
     else:
         sampled_reward = rewards[:, 1:1 + settings.num_samples]
     if settings.baseline == "nms":
