@@ -8,24 +8,15 @@
 Overrides are ``key=value`` (``train.max_iter=100``, ``dataloader.train.total_batch_size=16``).
 Runs on CPU when no GPU is visible; what pgdet adds to detectron2's loop: pgdet/engine/lazy.py.
 """
-from detectron2.engine import default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-
-import pgdet  # noqa: F401  (registers pgdet's components and datasets)
+import pgdet  # noqa: F401  (first: quiets third-party warnings; registers components, datasets)
 from pgdet.engine.checkpoint import PGCheckpointer
 from pgdet.engine.entry import launch_main
-from pgdet.engine.lazy import (
-    build_lazy_model, check_lazy_datasets, do_test, do_train, load_lazy_config,
-)
+from pgdet.engine.lazy import build_lazy_model, do_test, do_train, lazy_setup
 from pgdet.engine.trainer import create_ddp
 
 
 def main(args):
-    cfg = load_lazy_config(args.config_file, args.opts)
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="pgdet")
-    check_lazy_datasets(cfg, args.eval_only)
+    cfg = lazy_setup(args)
     if args.eval_only:
         model = create_ddp(build_lazy_model(cfg))
         PGCheckpointer(model, cfg.train.output_dir).resume_or_load(

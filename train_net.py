@@ -6,9 +6,8 @@
 
 Runs on CPU when no GPU is visible; ``--num-gpus N`` then starts N processes (gloo backend).
 """
+import pgdet  # noqa: F401  (first: quiets third-party warnings; registers components, datasets)
 from detectron2.checkpoint import DetectionCheckpointer
-
-import pgdet  # noqa: F401  (registers pgdet's components and datasets)
 from pgdet.engine import Trainer, setup
 from pgdet.engine.entry import launch_main
 

@@ -6,8 +6,10 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from test_coco_json import write_tiny_coco
 
 from pgdet.engine import ConfigError, Trainer, build_cfg, setup
+from pgdet.engine.entry import USER_ERRORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
@@ -123,3 +125,47 @@ def test_dockerfile_paths_exist():
         assert os.path.exists(os.path.join(REPO, path)), path
     entry = [line for line in text.splitlines() if line.startswith("ENTRYPOINT")][0]
     assert "train_net.py" in entry and os.path.isfile(os.path.join(REPO, "train_net.py"))
+
+
+def _args(tmp_path, *opts, config_file=DEMO, eval_only=False):
+    return SimpleNamespace(config_file=config_file, eval_only=eval_only, resume=False, num_gpus=1,
+                           machine_rank=0, opts=[*opts, "OUTPUT_DIR", str(tmp_path / "out")])
+
+
+def test_invalid_pg_option_value_is_a_one_line_user_error():
+    """As for a misspelled key: the entry point prints USER_ERRORS as one line, no traceback."""
+    cfg = build_cfg(DEMO, ["MODEL.PG.REWARD_ESTIMATOR", "swapp", "MODEL.PG.GAMMA", "-1.0"])
+    with pytest.raises(USER_ERRORS) as e:
+        Trainer.build_model(cfg)
+    message = str(e.value)
+    assert "\n" not in message and "MODEL.PG.GAMMA must be >= 0" in message
+    assert "MODEL.PG.REWARD_ESTIMATOR must be one of" in message and "'swapp'" in message
+
+
+def test_eval_only_without_test_sets_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="DATASETS.TEST"):
+        setup(_args(tmp_path, "DATASETS.TEST", "()", eval_only=True))
+
+
+def test_weights_that_cannot_be_downloaded_name_the_file_and_how_to_pass_a_path(tmp_path):
+    url = "http://127.0.0.1:9/x.pkl"  # nothing listens on port 9: refused at once, no network
+    with pytest.raises(ConfigError) as e:
+        setup(_args(tmp_path, "MODEL.WEIGHTS", url, "DATASETS.TEST", "()"))
+    message = str(e.value)
+    assert f"MODEL.WEIGHTS {url}" in message and "MODEL.WEIGHTS /path/to/file.pkl" in message
+    assert "\n" not in message
+
+
+def test_only_the_datasets_the_run_uses_are_validated(tmp_path):
+    """A config inheriting BCCD's VOC_DIRS trains on a COCO json while BCCD's folder is absent."""
+    write_tiny_coco(str(tmp_path))
+    missing = tmp_path / "no_bccd_here"
+    cfg = setup(_args(
+        tmp_path, "DATASETS.VOC_DIRS", f"['bccd_unused_train:{missing}:train']",
+        "DATASETS.COCO_JSONS", f"['bccd_json_train:{tmp_path / 'train.json'}:{tmp_path / 'images'}']",
+        "DATASETS.TRAIN", "('bccd_json_train',)", "DATASETS.TEST", "()",
+        config_file=os.path.join(REPO, "configs", "bccd", "frcnn_MobileNetV2_FPN_bccd.yaml")))
+    assert cfg.DATASETS.TRAIN == ("bccd_json_train",)
+    with pytest.raises(USER_ERRORS, match="no_bccd_here"):  # used, it is still checked
+        setup(_args(tmp_path, "DATASETS.VOC_DIRS", f"['bccd_unused_train:{missing}:train']",
+                    "DATASETS.TRAIN", "('bccd_unused_train',)", "DATASETS.TEST", "()"))

@@ -6,6 +6,7 @@ predictor's own inference outputs.
 """
 import importlib.util
 import json
+import logging
 import os
 import types
 
@@ -25,7 +26,7 @@ from test_coco_json import write_tiny_coco
 from test_pg_loss import _coco_ap
 
 from pgdet.data import register_coco_json_dataset
-from pgdet.engine import build_cfg
+from pgdet.engine import ConfigError, build_cfg, setup
 from pgdet.engine.lazy import load_lazy_config
 from pgdet.modeling import PGFastRCNNOutputLayers, PGROIHeads
 
@@ -35,6 +36,7 @@ ORIGINAL = "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"
 YAML = os.path.join(REPO, "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
 PREDICTOR = "model.roi_heads.box_predictor"
 LAZY_TRAIN_NET = os.path.join(REPO, "lazy_train_net.py")
+FCOS = os.path.join(REPO, "configs", "lazy", "pg_fcos_R_50_FPN_1x.py")
 
 
 def _flatten(node, prefix=""):
@@ -255,3 +257,58 @@ def test_two_training_iterations_through_lazy_train_net(tmp_path):
     # evaluated at the end on the export's val json, boxes and masks
     evaluation = [r for r in records if "bbox/AP" in r]
     assert evaluation and "segm/AP" in evaluation[-1]
+
+
+@pytest.mark.parametrize("config, override, nearest", [
+    (FCOS, "model.pg.settings.reward_estimatr=swap", "model.pg.settings.reward_estimator"),
+    (LAZY, "train.max_itr=2", "train.max_iter"),  # OmegaConf alone adds the key silently
+])
+def test_misspelled_lazy_override_names_the_nearest_key(config, override, nearest):
+    with pytest.raises(ConfigError) as e:
+        load_lazy_config(config, [override])
+    message = str(e.value)
+    assert f"Unknown config key '{override.split('=')[0]}'" in message
+    assert f"Did you mean {nearest}" in message and "\n" not in message
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _start_messages(setup_run, args):
+    collect = _Messages()
+    logging.getLogger("pgdet").addHandler(collect)  # setup_logger stops propagation to root
+    try:
+        setup_run(args)
+    finally:
+        logging.getLogger("pgdet").removeHandler(collect)
+    return collect.messages
+
+
+def test_lazy_and_yaml_paths_say_the_same_at_start(tmp_path):
+    """The CPU line (logged before pgdet's logger existed, so lost) and the warning of a PG
+    stage without trained weights (missing) on the LazyConfig path, as train_net.py says them."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from pgdet.engine.lazy import lazy_setup
+
+    write_tiny_coco(str(tmp_path))
+    for split in ("train", "val"):
+        register_coco_json_dataset(f"lazy_start_{split}", str(tmp_path / f"{split}.json"),
+                                   str(tmp_path / "images"))
+    lazy = _start_messages(lazy_setup, default_argument_parser().parse_args([
+        "--config-file", LAZY, "train.init_checkpoint=", f"train.output_dir={tmp_path / 'lazy'}",
+        "dataloader.train.dataset.names=lazy_start_train",
+        "dataloader.test.dataset.names=lazy_start_val"]))
+    yaml = _start_messages(setup, default_argument_parser().parse_args([
+        "--config-file", os.path.join(REPO, "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"),
+        "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "yaml")]))
+    cpu = "No GPU visible: running on CPU without AMP."
+    assert cpu in lazy and cpu in yaml
+    for messages, key in ((lazy, "train.init_checkpoint"), (yaml, "MODEL.WEIGHTS")):
+        assert any(f"Policy-gradient training is starting without {key}." in m for m in messages)

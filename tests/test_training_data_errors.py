@@ -1,6 +1,7 @@
 """Training data that cannot work is refused at start, and bad boxes are mended or dropped with
 counts in the log, naming the file or the image."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -107,3 +108,38 @@ def test_class_error_names_the_key_the_detector_reads(tmp_path, config, key):
     cfg = build_cfg(config, ["DATASETS.TRAIN", "('pgdet_test_classes_key',)", key, "3"])
     with pytest.raises(DatasetContentError, match=f"{key} is 3"):
         Trainer.build_train_loader(cfg)
+
+
+def test_wrong_image_root_is_named_at_start(tmp_path):
+    """An image root that exists but holds other files fails in setup, not at the first batch:
+    one line naming the dataset, the root and a missing image."""
+    from test_coco_json import write_tiny_coco
+    from test_config_errors import DEMO
+
+    from pgdet.engine import setup
+    from pgdet.engine.entry import USER_ERRORS
+
+    write_tiny_coco(str(tmp_path))
+    wrong = tmp_path / "not_the_images"
+    wrong.mkdir()
+    args = SimpleNamespace(
+        config_file=DEMO, eval_only=False, resume=False, num_gpus=1, machine_rank=0,
+        opts=["DATASETS.COCO_JSONS", f"['wrong_root_train:{tmp_path / 'train.json'}:{wrong}']",
+              "DATASETS.TRAIN", "('wrong_root_train',)", "DATASETS.TEST", "()",
+              "OUTPUT_DIR", str(tmp_path / "out")])
+    with pytest.raises(USER_ERRORS) as e:
+        setup(args)
+    message = str(e.value)
+    assert "\n" not in message and "'wrong_root_train'" in message
+    assert f"{wrong}/train00.jpg does not exist" in message  # the first image of train.json
+    assert f"images under {wrong}," in message
+
+
+def test_class_beyond_num_classes_names_the_jsons_category_id(tmp_path):
+    """detectron2 maps a json's category ids (3, 7, 12, 40) to indices 0..3: the message names
+    both the index and the id the user finds in the json."""
+    path = _coco(tmp_path, "pgdet_test_category_id", [3, 7, 12, 40])
+    with pytest.raises(DatasetContentError) as e:
+        load_training_dicts(["pgdet_test_category_id"], num_classes=3, filter_empty=False)
+    message = str(e.value)
+    assert "class index 3" in message and f"category id 40 in {path}" in message

@@ -12,6 +12,9 @@ under the default cache root (nothing is generated until first loaded). A config
 and the trainer calls :func:`register_datasets_from_cfg` then
 :func:`check_datasets_exist` on ``DATASETS.TRAIN + DATASETS.TEST``.
 """
+import logging
+from typing import Iterable, Optional
+
 from .checks import (
     DatasetConfigError,
     DatasetContentError,
@@ -25,6 +28,8 @@ from .demo import CLASS_NAMES as DEMO_CLASS_NAMES
 from .demo import generate_demo_dataset, register_demo_datasets
 from .mapper import CheckedDatasetMapper, ImageReadError
 from .voc import MalformedAnnotationError, register_voc_dataset
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckedDatasetMapper",
@@ -59,14 +64,27 @@ def parse_voc_dir_entry(entry: str):
     return name, dirname, split
 
 
-def register_datasets_from_cfg(cfg) -> None:
+def register_datasets_from_cfg(cfg, used: Optional[Iterable[str]] = None) -> None:
     """(Re)register the demo datasets for DATASETS.DEMO.{ROOT, SEED}, each DATASETS.VOC_DIRS
-    folder and each DATASETS.COCO_JSONS file."""
+    folder and each DATASETS.COCO_JSONS file.
+
+    Only the datasets the run `used` (default DATASETS.TRAIN and DATASETS.TEST) must be
+    readable: a config inheriting BCCD's entries trains on its own data where BCCD is absent.
+    Other entries whose files are missing or unparsable are left unregistered (logged); a
+    malformed entry, or one whose name another dataset has, always raises.
+    """
     register_demo_datasets(root=cfg.DATASETS.DEMO.ROOT or None, seed=cfg.DATASETS.DEMO.SEED)
-    for entry in cfg.DATASETS.VOC_DIRS:
-        register_voc_dataset(*parse_voc_dir_entry(entry))
-    for entry in cfg.DATASETS.COCO_JSONS:
-        register_coco_json_dataset(*parse_coco_json_entry(entry))
+    used = set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST) if used is None else set(used)
+    entries = [(register_voc_dataset, parse_voc_dir_entry(e)) for e in cfg.DATASETS.VOC_DIRS]
+    entries += [(register_coco_json_dataset, parse_coco_json_entry(e))
+                for e in cfg.DATASETS.COCO_JSONS]
+    for register, (name, *paths) in entries:
+        try:
+            register(name, *paths)
+        except (DatasetNotFoundError, MalformedAnnotationError) as e:
+            if name in used:
+                raise
+            logger.info(f"Not registering dataset '{name}', which this run does not use: {e}")
 
 
 register_demo_datasets()

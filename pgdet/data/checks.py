@@ -4,6 +4,7 @@ Why: detectron2 loads datasets lazily, so a wrong path otherwise surfaces minute
 ``FileNotFoundError`` (or pycocotools' assertion) with no dataset name, and builtin names such as
 ``coco_2017_train`` silently resolve under ``$DETECTRON2_DATASETS`` (default ``./datasets``).
 """
+import contextlib
 import difflib
 import json
 import logging
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 # Metadata entries that name files or folders a dataset reads (detectron2's builtins and pgdet's).
 PATH_METADATA_KEYS = ("json_file", "image_root", "dirname", "panoptic_json", "panoptic_root",
                       "sem_seg_root")
+IMAGE_SAMPLE = 3  # images checked per dataset at start: this many first ones, this many at random
 
 
 def _datasets_root_hint() -> str:
@@ -88,19 +90,51 @@ def check_datasets_exist(names: Iterable[str]) -> None:
 
     Raises :class:`UnknownDatasetError` (lists close or example names) or
     :class:`DatasetNotFoundError` for the first missing path (names the dataset, the path and
-    ``DETECTRON2_DATASETS``). Datasets whose metadata says ``created_on_load`` (pgdet's demo) are
-    loaded here, which writes their files, so that COCOEvaluator finds their json even when it is
-    built before any data loader.
+    ``DETECTRON2_DATASETS``), then loads each dataset and checks a sample of its images
+    (:func:`check_image_sample`): an image root that exists but is the wrong folder otherwise
+    fails only when the first batch, or the evaluation at the end of training, reads an image.
+    Loading here also writes the files of datasets whose metadata says ``created_on_load``
+    (pgdet's demo), so that COCOEvaluator finds their json even when it is built before any data
+    loader.
     """
     registered = list(DatasetCatalog.list())
     for name in names:
         if name not in registered:
             raise UnknownDatasetError(_unknown_dataset_message(name, registered))
-        if MetadataCatalog.get(name).get("created_on_load", False):
-            DatasetCatalog.get(name)
-        missing = missing_dataset_paths(name)
-        if missing:
-            raise DatasetNotFoundError(name, *missing[0])
+        if not MetadataCatalog.get(name).get("created_on_load", False):
+            missing = missing_dataset_paths(name)
+            if missing:
+                raise DatasetNotFoundError(name, *missing[0])
+        with _naming_malformed_json([name]):
+            check_image_sample(name, DatasetCatalog.get(name))
+
+
+def _image_folder(name: str, file_name: str) -> str:
+    """Where dataset `name` says its images are: COCO's image root, a VOC folder's JPEGImages."""
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("image_root"):
+        return metadata.image_root
+    if metadata.get("dirname"):
+        return os.path.join(metadata.dirname, "JPEGImages")
+    return os.path.dirname(file_name)
+
+
+def check_image_sample(name: str, dicts: List[dict]) -> None:
+    """Raise :class:`DatasetNotFoundError` naming dataset `name`, its image folder and the file,
+    if one of its first :data:`IMAGE_SAMPLE` images or of :data:`IMAGE_SAMPLE` others drawn at
+    random (a fixed draw) is missing: a few stat calls, whatever the dataset's size."""
+    files = [d["file_name"] for d in dicts if "://" not in d.get("file_name", "://")]  # local
+    rest = np.arange(IMAGE_SAMPLE, len(files))
+    drawn = np.random.default_rng(0).choice(rest, min(IMAGE_SAMPLE, len(rest)), replace=False)
+    for index in [*range(min(IMAGE_SAMPLE, len(files))), *drawn]:
+        if not os.path.isfile(files[index]):
+            folder = _image_folder(name, files[index])
+            raise DatasetNotFoundError(
+                name, "image", files[index],
+                f"Its annotations name images under {folder}, which does not hold this one: "
+                "point the dataset at the folder holding its images (for DATASETS.COCO_JSONS, "
+                "the third field of 'name:annotation_json:image_root').",
+            )
 
 
 class DatasetContentError(ValueError):
@@ -118,23 +152,31 @@ def load_training_dicts(names: Union[str, Iterable[str]], num_classes: int, filt
     (:func:`clip_and_drop_bad_boxes`).
     """
     names = [names] if isinstance(names, str) else list(names)  # one name, as detectron2 takes
-    try:
+    with _naming_malformed_json(names):
         dicts = get_detection_dataset_dicts(names, filter_empty=filter_empty)
-    except json.JSONDecodeError as e:
-        files = [MetadataCatalog.get(n).get("json_file") for n in names]
-        bad = [f for f in files if f and not _parses_as_json(f)]
-        raise DatasetContentError(f"Malformed annotation json {bad or files}: {e}") from e
     for record in dicts:
         for ann in record.get("annotations", []):
             if not 0 <= ann["category_id"] < num_classes:
                 raise DatasetContentError(
                     f"Image {record.get('file_name')!r} (image_id {record.get('image_id')!r}) has "
-                    f"an object of class index {ann['category_id']}, but "
+                    f"an object of class index {ann['category_id']}"
+                    f"{_dataset_category(names[0], ann['category_id'])}, but "
                     f"{num_classes_key} is {num_classes}: set it to the number of "
                     f"classes of {names} ({len(MetadataCatalog.get(names[0]).get('thing_classes', []))}"
                     " in the first one's metadata)."
                 )
     return clip_and_drop_bad_boxes(dicts, names, filter_empty)
+
+
+def _dataset_category(name: str, index: int) -> str:
+    """`` (category id 40 in <json>)``: the id a COCO json gives class `index` (detectron2 maps
+    a json's ids, e.g. 1, 3, 40, to indices 0..K-1), or "" for a dataset without such ids."""
+    metadata = MetadataCatalog.get(name)
+    ids = {i: dataset_id for dataset_id, i in
+           metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
+    if index not in ids:
+        return ""
+    return f" (category id {ids[index]} in {metadata.get('json_file', name)})"
 
 
 def _box_problem_example(record: dict, ann: dict) -> str:
@@ -207,6 +249,18 @@ def clip_and_drop_bad_boxes(dicts: List[dict], names: List[str], filter_empty: b
                 f"{before - len(dicts)} training images had no box left and were removed."
             )
     return dicts
+
+
+@contextlib.contextmanager
+def _naming_malformed_json(names: List[str]):
+    """Loading datasets `names` inside: a malformed annotation json is named, not a bare
+    JSONDecodeError."""
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        files = [MetadataCatalog.get(n).get("json_file") for n in names]
+        bad = [f for f in files if f and not _parses_as_json(f)]
+        raise DatasetContentError(f"Malformed annotation json {bad or files}: {e}") from e
 
 
 def _parses_as_json(path: str) -> bool:

@@ -1,14 +1,18 @@
 """What train_net.py and lazy_train_net.py share: parse detectron2's arguments, launch `main` on
-every process, and turn the errors a user can fix (config, missing file, dataset) into one line."""
+every process, and turn the errors a user can fix (config, missing file, dataset, weights that
+cannot be downloaded) into one line. ``PGDET_TRACEBACK=1`` shows their traceback instead."""
+import os
 import sys
 
 from detectron2.engine import default_argument_parser, launch
 
-from ..data import DatasetConfigError, DatasetContentError, UnknownDatasetError
-from .setup import ConfigError
+from ..config_error import ConfigError
+from ..data import (
+    DatasetConfigError, DatasetContentError, MalformedAnnotationError, UnknownDatasetError,
+)
 
 USER_ERRORS = (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfigError,
-               DatasetContentError)
+               DatasetContentError, MalformedAnnotationError)
 
 
 def launch_main(main) -> None:
@@ -25,4 +29,6 @@ def launch_main(main) -> None:
             args=(args,),
         )
     except USER_ERRORS as e:
+        if os.environ.get("PGDET_TRACEBACK", "0") not in ("", "0"):
+            raise
         sys.exit(f"error: {e}")

@@ -10,8 +10,12 @@ trainers and hooks, with the config layout of detectron2's ``configs/common/trai
   ``pg_seed="${train.seed}"`` and :class:`ReseedHook` (each iteration's RoI sampling and PG
   actions a function of (seed, iteration, rank)) all use the seed the log records;
 - ``train.device`` cuda runs on CPU when no GPU is visible (AMP, which needs CUDA, is then off);
-- the datasets named by the data loaders are checked before anything is built, with pgdet's
-  errors (unknown name with close matches, missing folder or file);
+- an override naming a key the config does not have, nor the callable of its node as an
+  argument, fails with the closest valid keys (pgdet/engine/lazy_keys.py);
+- the datasets named by the data loaders and the initial weights are checked before anything is
+  built, with pgdet's errors (unknown name with close matches, missing folder or file, a sample
+  of missing images, a download that fails); the start is logged as in the YAML path
+  (pgdet/engine/start_checks.py);
 - a PG box predictor outside :class:`PGROIHeads` fails at build time, saying what to change;
 - :class:`PGCheckpointer` and DDP on CPU (``create_ddp``).
 """
@@ -19,18 +23,25 @@ import logging
 import os
 
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
+from ..config_error import ConfigError
 from ..data import check_datasets_exist
 from ..modeling import PGFastRCNNOutputLayers, PGROIHeads
+from ..modeling.pg.pg_options import PGOptions
 from .checkpoint import PGCheckpointer
-from .setup import ConfigError
+from .lazy_keys import check_override_keys, missing_keys
+from .start_checks import (
+    check_weights, log_device, resumes_from_checkpoint, warn_pg_without_weights,
+)
 from .trainer import ReseedHook, create_ddp, default_device, resolve_seed
 
 logger = logging.getLogger("pgdet")
+WEIGHTS_ASSIGN = "train.init_checkpoint={}"  # how the command line sets the initial weights
 
 
 def load_lazy_config(config_file: str, opts=()):
@@ -38,13 +49,50 @@ def load_lazy_config(config_file: str, opts=()):
     available (see the module docstring); the processes of a run must all call this."""
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file not found: {config_file}")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+    cfg = LazyConfig.load(config_file)
+    unknown = missing_keys(cfg, opts)
+    cfg = LazyConfig.apply_overrides(cfg, list(opts))
+    if unknown:  # an argument of its node's callable, or a misspelling
+        check_override_keys(LazyConfig.load(config_file), cfg, unknown)
     if str(cfg.train.device).startswith("cuda") and default_device() == "cpu":
-        logger.info("No GPU visible: running on CPU%s.", " without AMP" * cfg.train.amp.enabled)
         cfg.train.device = "cpu"
         cfg.train.amp.enabled = False
     cfg.train.seed = resolve_seed(cfg.train.get("seed", -1))
     return cfg
+
+
+def lazy_setup(args):
+    """Config + logging + checks of a ``lazy_train_net.py`` run, as ``setup(args)`` of
+    train_net.py: the datasets its data loaders read and its initial weights."""
+    cfg = load_lazy_config(args.config_file, args.opts)
+    if args.eval_only and cfg.dataloader.get("evaluator") is None:
+        raise ConfigError("--eval-only with dataloader.evaluator null would evaluate nothing: "
+                          "keep the config's evaluator and name the datasets to evaluate in "
+                          "dataloader.test.dataset.names.")
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="pgdet")
+    log_device(cfg.train.device, cfg.train.amp.enabled)
+    check_lazy_datasets(cfg, args.eval_only)
+    if resumes_from_checkpoint(cfg.train.output_dir, args.resume):
+        return cfg
+    check_weights(cfg.train.init_checkpoint, "train.init_checkpoint", WEIGHTS_ASSIGN)
+    if not args.eval_only and not cfg.train.init_checkpoint and enables_policy_gradient(cfg.model):
+        warn_pg_without_weights("train.init_checkpoint", WEIGHTS_ASSIGN, "train.output_dir")
+    return cfg
+
+
+def enables_policy_gradient(node) -> bool:
+    """Whether a LazyConfig (part) trains a part with the PG loss: a PG box predictor
+    (``pg_enabled`` true) or a one-stage PG detector (``pg``, PGOptions with ``enabled`` true).
+    Read from the config, as MODEL.PG.ENABLED in the YAML path, before anything is built."""
+    node = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    if isinstance(node, list):
+        return any(enables_policy_gradient(v) for v in node)
+    if not isinstance(node, dict):
+        return False
+    options = node.get("_target_") in (PGOptions, f"{PGOptions.__module__}.PGOptions")
+    return (node.get("pg_enabled") is True or (options and node.get("enabled") is True)
+            or any(enables_policy_gradient(v) for v in node.values()))
 
 
 def _dataset_names(cfg, loader: str):
@@ -64,7 +112,7 @@ def check_pg_heads(model) -> None:
     predictor = getattr(heads, "box_predictor", None)
     if isinstance(predictor, PGFastRCNNOutputLayers) and predictor.pg_enabled \
             and not isinstance(heads, PGROIHeads):
-        raise ValueError(
+        raise ConfigError(
             f"model.roi_heads.box_predictor has pg_enabled True but the ROI heads "
             f"{type(heads).__name__} cannot compute the policy gradient. Set "
             "model.roi_heads._target_ to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads)."

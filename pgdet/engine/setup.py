@@ -1,6 +1,5 @@
 """Build the config of a run from a YAML file and ``KEY VALUE`` overrides, with clear errors."""
 import difflib
-import logging
 import os
 import re
 
@@ -9,15 +8,15 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import get_pgdet_cfg
+from ..config_error import ConfigError
 from ..data import check_datasets_exist, register_datasets_from_cfg
 from ..model_zoo import ModelZooConfigNotFoundError
+from .start_checks import (
+    check_weights, log_device, resumes_from_checkpoint, warn_pg_without_weights,
+)
 from .trainer import default_device
 
-logger = logging.getLogger("pgdet")
-
-
-class ConfigError(ValueError):
-    """A config file or override that pgdet cannot use; the message says what to change."""
+WEIGHTS_ASSIGN = "MODEL.WEIGHTS {}"  # how the command line sets the initial weights
 
 
 def _all_keys(cfg, prefix=""):
@@ -90,26 +89,22 @@ def build_cfg(config_file: str = "", opts=()):
 
 
 def setup(args):
-    """Config + logging + datasets of a ``train_net.py`` run (STYLE.md's ``setup(args)``)."""
+    """Config + logging + checks of a ``train_net.py`` run (STYLE.md's ``setup(args)``): the
+    datasets it uses (pgdet/data/checks.py) and its initial weights (start_checks.py)."""
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
+    if args.eval_only and not cfg.DATASETS.TEST:
+        raise ConfigError("--eval-only with an empty DATASETS.TEST would evaluate nothing: name "
+                          "the datasets to evaluate, e.g. DATASETS.TEST \"('pgdet_demo_val',)\".")
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="pgdet")
-    if cfg.MODEL.DEVICE == "cpu":
-        logger.info("No GPU visible: running on CPU.")
-    register_datasets_from_cfg(cfg)
+    log_device(cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED)
     names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    register_datasets_from_cfg(cfg, used=names)
     check_datasets_exist(names)
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights) and not args.resume:
-        raise ConfigError(
-            f"MODEL.WEIGHTS file not found: {weights}. A PG config starts from the baseline's "
-            "final weights: train the baseline first, or pass MODEL.WEIGHTS <path>."
-        )
-    if cfg.MODEL.PG.ENABLED and not args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
-        logger.warning(
-            "\n%s\nPolicy-gradient training (MODEL.PG.ENABLED) is starting without MODEL.WEIGHTS.\n"
-            "The paper fine-tunes a *converged* baseline: train the baseline config first, then\n"
-            "pass MODEL.WEIGHTS <baseline OUTPUT_DIR>/model_final.pth.\n%s", "!" * 78, "!" * 78,
-        )
+    if resumes_from_checkpoint(cfg.OUTPUT_DIR, args.resume):
+        return cfg
+    check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", WEIGHTS_ASSIGN)
+    if cfg.MODEL.PG.ENABLED and not args.eval_only and not cfg.MODEL.WEIGHTS:
+        warn_pg_without_weights("MODEL.WEIGHTS", WEIGHTS_ASSIGN, "OUTPUT_DIR")
     return cfg

@@ -32,6 +32,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..config_error import ConfigError
 from ..data.checks import load_training_dicts
 from ..data.mapper import CheckedDatasetMapper
 from ..data.iteration_loader import IterationSampler, build_iteration_train_loader, mix_seed
@@ -60,7 +61,7 @@ def check_pg_model(cfg, model):
     RS box predictor; fail at build time, saying what to change."""
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     if cfg.MODEL.RS_LOSS.ENABLED and not isinstance(predictor, RSFastRCNNOutputLayers):
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.RS_LOSS.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the "
             f"box predictor {type(predictor).__name__}, which has no RS loss. Set "
             "MODEL.ROI_HEADS.NAME to RSROIHeads."
@@ -71,7 +72,7 @@ def check_pg_model(cfg, model):
     predictors = list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
     unfit = [p for p in predictors if not isinstance(p, PGFastRCNNOutputLayers)]
     if unfit:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.PG.ENABLED is True but the ROI heads {cfg.MODEL.ROI_HEADS.NAME!r} use the box "
             f"predictor {type(unfit[0]).__name__}, which cannot compute the policy gradient. Set "
             "MODEL.ROI_HEADS.NAME to PGROIHeads (or a subclass of it, e.g. OHEMROIHeads), to "

@@ -17,6 +17,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss
 
+from ...config_error import raise_if_invalid
 from ..pg.pg_roi_heads import PGROIHeads
 
 _BOX_IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
@@ -37,8 +38,7 @@ def check_ohem_config(cfg):
         )
     if not 0 < ohem.NMS_THRESH <= 1:
         problems.append(f"MODEL.OHEM.NMS_THRESH must be in (0, 1], got {ohem.NMS_THRESH}")
-    if problems:
-        raise ValueError("Invalid OHEM config:\n  " + "\n  ".join(problems))
+    raise_if_invalid("OHEM", problems)
 
 
 def per_roi_losses(predictor, predictions, proposals: List[Instances]) -> torch.Tensor:

@@ -31,6 +31,7 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 
+from ...config_error import ConfigError, raise_if_invalid
 from ..pg.pg_output_layers import PGFastRCNNOutputLayers, _check_finite
 from .rank_sort_loss import rank_sort_loss
 
@@ -51,8 +52,7 @@ def check_rs_config(cfg):
     if rs.ENABLED and cfg.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE:
         problems.append("MODEL.RS_LOSS.ENABLED has its own sigmoid scores (class logit minus "
                         "background logit): set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
-    if problems:
-        raise ValueError("Invalid RS-loss config:\n  " + "\n  ".join(problems))
+    raise_if_invalid("RS-loss", problems)
 
 
 class RSFastRCNNOutputLayers(PGFastRCNNOutputLayers):
@@ -71,7 +71,7 @@ class RSFastRCNNOutputLayers(PGFastRCNNOutputLayers):
         """
         super().__init__(*args, **kwargs)
         if rs_enabled and (self.pg_enabled or self.use_sigmoid_ce):
-            raise ValueError("RS loss replaces the classification loss and the scores: "
+            raise ConfigError("RS loss replaces the classification loss and the scores: "
                              "it needs PG off and USE_SIGMOID_CE False")
         self.rs_enabled = rs_enabled
         self.rs_delta = rs_delta

@@ -13,6 +13,8 @@ import torch
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 
+from ...config_error import raise_if_invalid
+
 SOFT_NMS_METHODS = ("linear", "gaussian")
 
 
@@ -30,8 +32,7 @@ def check_soft_nms_config(cfg):
         problems.append(f"MODEL.SOFT_NMS.SIGMA must be > 0, got {soft.SIGMA}")
     if not 0 <= soft.SCORE_THRESH < 1:
         problems.append(f"MODEL.SOFT_NMS.SCORE_THRESH must be in [0, 1), got {soft.SCORE_THRESH}")
-    if problems:
-        raise ValueError("Invalid soft-NMS config:\n  " + "\n  ".join(problems))
+    raise_if_invalid("soft-NMS", problems)
 
 
 def fast_rcnn_inference_soft_nms(

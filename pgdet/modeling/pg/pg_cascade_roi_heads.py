@@ -30,6 +30,7 @@ from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.structures import Boxes
 from detectron2.utils import comm
 
+from ...config_error import ConfigError
 from .pg_output_layers import SCORES_FIELD, PGFastRCNNOutputLayers
 from .pg_roi_heads import PGROIHeads
 from .policy_gradient import FROM_GT_FIELD
@@ -52,7 +53,7 @@ class PGCascadeROIHeads(CascadeROIHeads, PGROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         if cfg.MODEL.SOFT_NMS.ENABLED:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.SOFT_NMS.ENABLED is not supported by PGCascadeROIHeads: the cascade's "
                 "inference runs detectron2's greedy NMS on the stage-averaged scores. Set "
                 "MODEL.SOFT_NMS.ENABLED False."

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from detectron2.utils import comm
 
+from ...config_error import raise_if_invalid
 from .policy_gradient import ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings
 
 CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascadeROIHeads)
@@ -22,22 +23,18 @@ def check_pg_options(enabled: bool, gamma: float, reward_scale: float, settings:
     passes them explicitly; ``pg_<key>`` and ``PGSettings.<key>`` are MODEL.PG.<KEY> in lower
     case), so both paths fail with the same messages.
     """
-    _raise_if(_pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce))
+    raise_if_invalid("policy-gradient",
+                     _pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce))
 
 
 def check_pg_config(cfg):
     """Fail at build time, naming the key, when a MODEL.PG option cannot work: the options of
     :func:`check_pg_options`, read from `cfg`, and MODEL.PG.CASCADE_STAGES."""
     pg = cfg.MODEL.PG
-    _raise_if(_pg_option_problems(
+    raise_if_invalid("policy-gradient", _pg_option_problems(
         pg.ENABLED, pg.GAMMA, pg.REWARD_SCALE, _settings_from_cfg(cfg),
         cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False), cascade_stages=pg.CASCADE_STAGES,
     ))
-
-
-def _raise_if(problems):
-    if problems:
-        raise ValueError("Invalid policy-gradient config:\n  " + "\n  ".join(problems))
 
 
 def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_sigmoid_ce,
