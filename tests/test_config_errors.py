@@ -10,7 +10,7 @@ import pytest
 from pgdet.engine import ConfigError, Trainer, build_cfg, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
 
 
 def test_unknown_key_on_command_line_is_named_with_a_suggestion():
@@ -104,7 +104,7 @@ def test_pg_stage_without_weights_warns_loudly(tmp_path):
 
 def test_missing_weights_file_is_named(tmp_path):
     args = SimpleNamespace(
-        config_file=os.path.join(REPO, "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"), eval_only=False,
+        config_file=os.path.join(REPO, "pgdet", "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"), eval_only=False,
         resume=False, num_gpus=1, machine_rank=0,
         opts=["MODEL.WEIGHTS", str(tmp_path / "nope.pth"), "OUTPUT_DIR", str(tmp_path)],
     )

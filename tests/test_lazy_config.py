@@ -1,8 +1,8 @@
-"""The LazyConfig path: configs/lazy/*.py and lazy_train_net.py.
+"""The LazyConfig path: pgdet/configs/lazy/*.py and lazy_train_net.py.
 
 Oracles: detectron2's own new-baselines config and its checkpoint table, the YAML path's config
-and messages (configs/model_zoo/pg_mask_rcnn_R_50_FPN_3x.yaml), and pycocotools' AP of what the
-predictor's own inference outputs.
+and messages (pgdet/configs/model_zoo/pg_mask_rcnn_R_50_FPN_3x.yaml), and pycocotools' AP of
+what the predictor's own inference outputs.
 """
 import importlib.util
 import json
@@ -30,9 +30,9 @@ from pgdet.engine.lazy import load_lazy_config
 from pgdet.modeling import PGFastRCNNOutputLayers, PGROIHeads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAZY = os.path.join(REPO, "configs", "lazy", "pg_mask_rcnn_R_50_FPN_100ep_LSJ.py")
+LAZY = os.path.join(REPO, "pgdet", "configs", "lazy", "pg_mask_rcnn_R_50_FPN_100ep_LSJ.py")
 ORIGINAL = "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"
-YAML = os.path.join(REPO, "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
+YAML = os.path.join(REPO, "pgdet", "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
 PREDICTOR = "model.roi_heads.box_predictor"
 LAZY_TRAIN_NET = os.path.join(REPO, "lazy_train_net.py")
 

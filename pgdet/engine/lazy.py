@@ -1,4 +1,5 @@
-"""Training and evaluation of LazyConfig models (``configs/lazy/*.py``) for lazy_train_net.py.
+"""Training and evaluation of LazyConfig models (``pgdet/configs/lazy/*.py``) for
+lazy_train_net.py.
 
 The loop is the one detectron2's ``tools/lazyconfig_train_net.py`` composes from detectron2's
 trainers and hooks, with the config layout of detectron2's ``configs/common/train.py``
@@ -16,7 +17,6 @@ trainers and hooks, with the config layout of detectron2's ``configs/common/trai
 - :class:`PGCheckpointer` and DDP on CPU (``create_ddp``).
 """
 import logging
-import os
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
@@ -24,6 +24,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
+from ..configs import ConfigNotFoundError, resolve_config_file
 from ..data import check_datasets_exist
 from ..modeling import PGFastRCNNOutputLayers, PGROIHeads
 from .checkpoint import PGCheckpointer
@@ -34,10 +35,13 @@ logger = logging.getLogger("pgdet")
 
 
 def load_lazy_config(config_file: str, opts=()):
-    """``config_file`` with the ``key=value`` overrides, its seed resolved and its device
-    available (see the module docstring); the processes of a run must all call this."""
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"Config file not found: {config_file}")
+    """``config_file`` (a path or the name of a config pgdet ships, pgdet/configs) with the
+    ``key=value`` overrides, its seed resolved and its device available (see the module
+    docstring); the processes of a run must all call this."""
+    try:
+        config_file = resolve_config_file(config_file)
+    except ConfigNotFoundError as e:
+        raise ConfigError(str(e)) from None
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
     if str(cfg.train.device).startswith("cuda") and default_device() == "cpu":
         logger.info("No GPU visible: running on CPU%s.", " without AMP" * cfg.train.amp.enabled)
