@@ -1,5 +1,6 @@
-"""What train_net.py and lazy_train_net.py share: parse detectron2's arguments, launch `main` on
-every process, and turn the errors a user can fix (config, missing file, dataset) into one line."""
+"""What the training commands (pgdet-train, pgdet-lazy-train) share: parse detectron2's arguments,
+launch `main` on every process, and turn the errors a user can fix (config, missing file, dataset)
+into one line."""
 import sys
 
 from detectron2.engine import default_argument_parser, launch
@@ -11,9 +12,12 @@ USER_ERRORS = (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfi
                DatasetContentError)
 
 
-def launch_main(main) -> None:
-    """Run ``main(args)`` with detectron2's ``launch``; exit with ``error: ...`` on a user error."""
-    args = default_argument_parser().parse_args()
+def launch_main(main, description: str = None) -> None:
+    """Run ``main(args)`` with detectron2's ``launch``; exit with ``error: ...`` on a user error.
+    `description` heads ``--help`` (detectron2's parser shows it as written)."""
+    parser = default_argument_parser()
+    parser.description = description
+    args = parser.parse_args()
     print("Command Line Args:", args)
     try:
         launch(
