@@ -17,7 +17,7 @@ into the NMS result in place of the box that suppressed it does to the image's A
 share of candidates that γ = 1 and c = 10 would push *down* (c·A + γ < 0).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/advantage_stats.py \\
-        --config configs/bccd/ft_MobileNetV2_FPN_bccd.yaml \\
+        --config pgdet/configs/bccd/ft_MobileNetV2_FPN_bccd.yaml \\
         --weights output/table1_bccd/baseline/model_final.pth --batches 20
 """
 import argparse

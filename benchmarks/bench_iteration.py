@@ -46,20 +46,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DATA = ["MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", "('pgdet_demo_train',)"]
 # name: (config, overrides); the batches come from the config's first DATASETS.TRAIN
 CONFIGS = {
-    "demo": ("configs/demo/frcnn_MobileNetV2_FPN_demo.yaml", DEMO_DATA),
+    "demo": ("pgdet/configs/demo/frcnn_MobileNetV2_FPN_demo.yaml", DEMO_DATA),
     # BCCD: ~14 overlapping cells per image, the crowded case for the reward's cost
-    "bccd": ("configs/bccd/frcnn_MobileNetV2_FPN_bccd.yaml", []),
+    "bccd": ("pgdet/configs/bccd/frcnn_MobileNetV2_FPN_bccd.yaml", []),
     # the paper's R-101 detectors, at a CPU-sized input, on demo images (4 classes); random
     # weights (no ImageNet download here) need trainable BN, or frozen identity BN diverges
-    "R101": ("configs/frcnn_R101.yaml", DEMO_DATA + [
+    "R101": ("pgdet/configs/frcnn_R101.yaml", DEMO_DATA + [
         "INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
-    "R101_FPN": ("configs/frcnn_R101_FPN.yaml", DEMO_DATA + [
+    "R101_FPN": ("pgdet/configs/frcnn_R101_FPN.yaml", DEMO_DATA + [
         "INPUT.MIN_SIZE_TRAIN", "(320,)", "INPUT.MAX_SIZE_TRAIN", "320", "MODEL.RESNETS.NORM", "BN"]),
     # one-stage: PGRetinaNet, the PG term over the positive anchors (pgdet/modeling/pg/
     # dense_policy_gradient.py)
-    "retinanet_demo": ("configs/demo/retinanet_MobileNetV2_FPN_demo.yaml",
+    "retinanet_demo": ("pgdet/configs/demo/retinanet_MobileNetV2_FPN_demo.yaml",
                        ["DATASETS.TRAIN", "('pgdet_demo_train',)"]),
-    "retinanet_bccd": ("configs/bccd/retinanet_MobileNetV2_FPN_bccd.yaml", []),
+    "retinanet_bccd": ("pgdet/configs/bccd/retinanet_MobileNetV2_FPN_bccd.yaml", []),
 }
 COMMON = ["MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu",
           "SOLVER.IMS_PER_BATCH", "2"]

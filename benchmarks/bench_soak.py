@@ -61,7 +61,7 @@ def main():
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="pgdet_soak_")
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
-           os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"),
+           os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"),
            "MODEL.PG.ENABLED", "True", "SOLVER.MAX_ITER", str(args.iterations),
            "DATASETS.TEST", "()", "OUTPUT_DIR", out]
     print("$", " ".join(cmd), flush=True)

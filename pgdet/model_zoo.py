@@ -4,12 +4,15 @@ A pgdet YAML may say ``_BASE_: "model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_
 base is then the file shipped inside the installed detectron2 (found by
 ``detectron2.model_zoo.get_config_file``), so a PG config fine-tunes exactly the model that the
 model-zoo checkpoint was trained as; that file's own ``_BASE_`` (``../Base-RCNN-FPN.yaml``)
-resolves next to it as usual.
+resolves next to it as usual. Likewise ``_BASE_: "pgdet://<name>"`` inherits a config pgdet
+ships (pgdet/configs, e.g. ``pgdet://bccd/Base-BCCD-MobileNetV2-FPN.yaml``), so a user's own
+YAML in any folder can extend pgdet's configs of an installed pgdet.
 
 How: fvcore's ``CfgNode.load_yaml_with_base`` joins a relative ``_BASE_`` onto the folder of the
 file naming it and calls ``cls.load_yaml_with_base`` on the result, which therefore reads
 ``<folder>/model_zoo://<name>``. :class:`ModelZooCfgNode` overrides that class method to map
-such a path to the installed file, and leaves every other path to fvcore.
+such a path (or ``<folder>/pgdet://<name>``) to the installed file, and leaves every other path
+to fvcore.
 """
 import difflib
 from importlib import resources
@@ -18,7 +21,10 @@ from typing import List
 
 from detectron2.config import CfgNode
 
+from .configs import get_config_file as pgdet_config_file
+
 MODEL_ZOO_SCHEME = "model_zoo://"
+PGDET_SCHEME = "pgdet://"
 
 
 class ModelZooConfigNotFoundError(FileNotFoundError):
@@ -55,10 +61,13 @@ def model_zoo_config_file(name: str) -> str:
 
 
 class ModelZooCfgNode(CfgNode):
-    """detectron2's CfgNode whose YAML files may name a model-zoo config as ``_BASE_``."""
+    """detectron2's CfgNode whose YAML files may name a model-zoo config or a config pgdet ships
+    as ``_BASE_``."""
 
     @classmethod
     def load_yaml_with_base(cls, filename, allow_unsafe: bool = False):
         if isinstance(filename, str) and MODEL_ZOO_SCHEME in filename:
             filename = model_zoo_config_file(filename.partition(MODEL_ZOO_SCHEME)[2])
+        elif isinstance(filename, str) and PGDET_SCHEME in filename:
+            filename = pgdet_config_file(filename.partition(PGDET_SCHEME)[2])
         return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)

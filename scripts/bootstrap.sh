@@ -18,7 +18,7 @@ STAMP="$VENV/.pgdet-ready"
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 log() { echo "[bootstrap] $*"; }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/setup.py" "$0" | sha1sum)" ] \
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(cat "$ROOT/pyproject.toml" "$0" | sha1sum)" ] \
    && "$PY" -c "import torch, torchvision, detectron2, pgdet, pytest, timm" 2>/dev/null; then
   log "environment ready ($VENV)"
   exit 0
@@ -80,5 +80,5 @@ fi
 log "installing pgdet (editable) and test dependencies"
 pipi -e "$ROOT[test,pretrained]"
 "$PY" -c "import torch, torchvision, detectron2, pgdet" 
-cat "$ROOT/setup.py" "$0" | sha1sum > "$STAMP"
+cat "$ROOT/pyproject.toml" "$0" | sha1sum > "$STAMP"
 log "environment ready ($VENV)"

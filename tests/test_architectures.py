@@ -23,7 +23,7 @@ from torch import nn
 import pgdet  # noqa: F401  (registers pgdet's components)
 from pgdet.config import add_pgdet_config
 
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "pgdet", "configs")
 D2_CONFIGS = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs")
 HEIGHT, WIDTH = 128, 160  # divisible by 32, so every level's size is exact
 

@@ -25,7 +25,7 @@ from pgdet.engine.trainer import check_pg_model
 from pgdet.modeling.pg import policy_gradient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASCADE_CONFIG = os.path.join(REPO, "configs", "model_zoo", "pg_cascade_mask_rcnn_R_50_FPN_3x.yaml")
+CASCADE_CONFIG = os.path.join(REPO, "pgdet", "configs", "model_zoo", "pg_cascade_mask_rcnn_R_50_FPN_3x.yaml")
 SHAPES = {f"p{level}": ShapeSpec(channels=256, stride=2 ** level) for level in (2, 3, 4, 5)}
 STAGES = (0, 1, 2)
 # every proposal is sampled; D has no masks, and the mask head would be run on all of D

@@ -29,7 +29,7 @@ from pgdet.data import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo")
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo")
 # listed out of order in the files: detectron2 maps sorted ids 3, 7, 12 to 0, 1, 2
 CATEGORIES = [{"id": 12, "name": "triangle"}, {"id": 3, "name": "disc"},
               {"id": 7, "name": "square"}]

@@ -12,7 +12,7 @@ from pgdet.engine import ConfigError, Trainer, build_cfg, setup
 from pgdet.engine.entry import USER_ERRORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
 
 
 def test_unknown_key_on_command_line_is_named_with_a_suggestion():
@@ -106,7 +106,7 @@ def test_pg_stage_without_weights_warns_loudly(tmp_path):
 
 def test_missing_weights_file_is_named(tmp_path):
     args = SimpleNamespace(
-        config_file=os.path.join(REPO, "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"), eval_only=False,
+        config_file=os.path.join(REPO, "pgdet", "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"), eval_only=False,
         resume=False, num_gpus=1, machine_rank=0,
         opts=["MODEL.WEIGHTS", str(tmp_path / "nope.pth"), "OUTPUT_DIR", str(tmp_path)],
     )
@@ -164,7 +164,7 @@ def test_only_the_datasets_the_run_uses_are_validated(tmp_path):
         tmp_path, "DATASETS.VOC_DIRS", f"['bccd_unused_train:{missing}:train']",
         "DATASETS.COCO_JSONS", f"['bccd_json_train:{tmp_path / 'train.json'}:{tmp_path / 'images'}']",
         "DATASETS.TRAIN", "('bccd_json_train',)", "DATASETS.TEST", "()",
-        config_file=os.path.join(REPO, "configs", "bccd", "frcnn_MobileNetV2_FPN_bccd.yaml")))
+        config_file=os.path.join(REPO, "pgdet", "configs", "bccd", "frcnn_MobileNetV2_FPN_bccd.yaml")))
     assert cfg.DATASETS.TRAIN == ("bccd_json_train",)
     with pytest.raises(USER_ERRORS, match="no_bccd_here"):  # used, it is still checked
         setup(_args(tmp_path, "DATASETS.VOC_DIRS", f"['bccd_unused_train:{missing}:train']",

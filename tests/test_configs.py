@@ -1,4 +1,4 @@
-"""Every config under configs/ loads and builds; the paper configs hold the paper's settings.
+"""Every config under pgdet/configs/ loads and builds; the paper configs hold the paper's settings.
 
 The expected values are typed from the paper (Rao et al. 2018 §4.1, supplement Tables 1-2;
 SPEC §3), not read from the YAML files. The model-zoo configs are compared with detectron2's own
@@ -19,7 +19,7 @@ from detectron2.utils.file_io import Detectron2Handler
 import pgdet  # noqa: F401  (registers pgdet's components)
 from pgdet import add_pgdet_config, get_pgdet_cfg
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "pgdet" / "configs"
 EXPERIMENTS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))
 
 
@@ -214,7 +214,7 @@ def test_voc_baseline_is_the_coco_baseline_without_roialign_and_15_anchors():
     assert cfg.DATASETS.TEST == ("voc_2007_test",)
 
 
-# ---- PG fine-tuning of detectron2's model-zoo checkpoints (configs/model_zoo/) ----
+# ---- PG fine-tuning of detectron2's model-zoo checkpoints (pgdet/configs/model_zoo/) ----
 # config -> the detectron2 model-zoo config it fine-tunes
 MODEL_ZOO = {
     "model_zoo/pg_faster_rcnn_R_50_FPN_3x.yaml": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",

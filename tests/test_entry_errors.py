@@ -29,7 +29,7 @@ def test_commands_print_no_third_party_warnings(tmp_path):
     pkg_resources) stopped by a bad input, with its one-line error."""
     write_tiny_coco(str(tmp_path))
     code, output, _ = _train_net(
-        "--config-file", "configs/demo/retinanet_MobileNetV2_FPN_demo.yaml", "--eval-only",
+        "--config-file", "pgdet/configs/demo/retinanet_MobileNetV2_FPN_demo.yaml", "--eval-only",
         "DATASETS.COCO_JSONS", f"['entry_val:{tmp_path / 'val.json'}:{tmp_path / 'images'}']",
         "DATASETS.TEST", "('entry_val',)", "MODEL.RETINANET.NUM_CLASSES", "3",
         "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "eval"))
@@ -37,7 +37,7 @@ def test_commands_print_no_third_party_warnings(tmp_path):
     assert "bbox" in output and not [w for w in THIRD_PARTY if w in output]
 
     code, output, stderr = _train_net(
-        "--config-file", "configs/model_zoo/pg_faster_rcnn_R_50_FPN_3x.yaml", "--eval-only",
+        "--config-file", "pgdet/configs/model_zoo/pg_faster_rcnn_R_50_FPN_3x.yaml", "--eval-only",
         "DATASETS.TEST", "()", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "zoo"))
     assert code != 0 and not [w for w in THIRD_PARTY if w in output]
     assert stderr.strip().splitlines() == [
@@ -50,7 +50,7 @@ def test_retinanet_anchor_sizes_are_literal_numbers():
     loads only with yaml.unsafe_load ("Your machine may be at risk"), on every run."""
     expected = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [16, 32, 64, 128, 256]]
     for config in ("bccd/Base-BCCD-RetinaNet-MobileNetV2-FPN.yaml", "demo/Base-Demo-RetinaNet.yaml"):
-        sizes = build_cfg(str(REPO / "configs" / config)).MODEL.ANCHOR_GENERATOR.SIZES
+        sizes = build_cfg(str(REPO / "pgdet" / "configs" / config)).MODEL.ANCHOR_GENERATOR.SIZES
         assert sizes == expected, config
-    files = [p for p in (REPO / "configs").rglob("*") if p.is_file()]
+    files = [p for p in (REPO / "pgdet" / "configs").rglob("*") if p.is_file()]
     assert len(files) > 40 and not [p for p in files if "!!python" in p.read_text()]

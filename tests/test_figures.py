@@ -10,7 +10,7 @@ from pgdet.engine import build_cfg
 from pgdet.engine.figures import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
+DEMO_CONFIG = os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
 
 
 def test_figure_predictions_equal_the_evaluation_paths(tmp_path):

@@ -1,8 +1,8 @@
-"""The LazyConfig path: configs/lazy/*.py and lazy_train_net.py.
+"""The LazyConfig path: pgdet/configs/lazy/*.py and lazy_train_net.py.
 
 Oracles: detectron2's own new-baselines config and its checkpoint table, the YAML path's config
-and messages (configs/model_zoo/pg_mask_rcnn_R_50_FPN_3x.yaml), and pycocotools' AP of what the
-predictor's own inference outputs.
+and messages (pgdet/configs/model_zoo/pg_mask_rcnn_R_50_FPN_3x.yaml), and pycocotools' AP of
+what the predictor's own inference outputs.
 """
 import importlib.util
 import json
@@ -31,12 +31,12 @@ from pgdet.engine.lazy import load_lazy_config
 from pgdet.modeling import PGFastRCNNOutputLayers, PGROIHeads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAZY = os.path.join(REPO, "configs", "lazy", "pg_mask_rcnn_R_50_FPN_100ep_LSJ.py")
+LAZY = os.path.join(REPO, "pgdet", "configs", "lazy", "pg_mask_rcnn_R_50_FPN_100ep_LSJ.py")
 ORIGINAL = "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"
-YAML = os.path.join(REPO, "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
+YAML = os.path.join(REPO, "pgdet", "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
 PREDICTOR = "model.roi_heads.box_predictor"
 LAZY_TRAIN_NET = os.path.join(REPO, "lazy_train_net.py")
-FCOS = os.path.join(REPO, "configs", "lazy", "pg_fcos_R_50_FPN_1x.py")
+FCOS = os.path.join(REPO, "pgdet", "configs", "lazy", "pg_fcos_R_50_FPN_1x.py")
 
 
 def _flatten(node, prefix=""):
@@ -306,7 +306,7 @@ def test_lazy_and_yaml_paths_say_the_same_at_start(tmp_path):
         "dataloader.train.dataset.names=lazy_start_train",
         "dataloader.test.dataset.names=lazy_start_val"]))
     yaml = _start_messages(setup, default_argument_parser().parse_args([
-        "--config-file", os.path.join(REPO, "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"),
+        "--config-file", os.path.join(REPO, "pgdet", "configs", "demo", "pg_MobileNetV2_FPN_demo.yaml"),
         "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "yaml")]))
     cpu = "No GPU visible: running on CPU without AMP."
     assert cpu in lazy and cpu in yaml

@@ -18,7 +18,7 @@ from pgdet.data import register_datasets_from_cfg
 from pgdet.engine import Trainer, build_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MASK_CONFIG = os.path.join(REPO, "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
+MASK_CONFIG = os.path.join(REPO, "pgdet", "configs", "model_zoo", "pg_mask_rcnn_R_50_FPN_3x.yaml")
 SIZE = 128
 RANDOM_WEIGHTS = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
                   "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"]  # of 60 + GT: a real draw

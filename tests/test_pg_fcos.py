@@ -32,7 +32,7 @@ from pgdet.modeling import PGFCOS
 from pgdet.modeling.pg.pg_options import PGOptions
 from pgdet.modeling.pg.policy_gradient import PGSettings
 
-LAZY = f"{REPO}/configs/lazy/pg_fcos_R_50_FPN_1x.py"
+LAZY = f"{REPO}/pgdet/configs/lazy/pg_fcos_R_50_FPN_1x.py"
 ORIGINAL = "COCO-Detection/fcos_R_50_FPN_1x.py"
 CLASSES = NUM_CLASSES + 1  # _batch's classes are 0..3
 

@@ -29,7 +29,7 @@ from pgdet.modeling.pg.pg_options import PGOptions
 from pgdet.modeling.pg.policy_gradient import PGSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo", "pg_retinanet_MobileNetV2_FPN_demo.yaml")
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo", "pg_retinanet_MobileNetV2_FPN_demo.yaml")
 
 
 def _cfg(*opts):
@@ -281,7 +281,7 @@ def test_model_zoo_retinanet_checkpoint_fills_every_weight(tmp_path):
     loads into the PG config's model with nothing missing or left over."""
     torch.manual_seed(0)
     path, reference = model_zoo_checkpoint("COCO-Detection/retinanet_R_50_FPN_3x.yaml", tmp_path)
-    cfg = build_cfg(os.path.join(REPO, "configs", "model_zoo", "pg_retinanet_R_50_FPN_3x.yaml"),
+    cfg = build_cfg(os.path.join(REPO, "pgdet", "configs", "model_zoo", "pg_retinanet_R_50_FPN_3x.yaml"),
                     ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     torch.manual_seed(1)
     model = build_model(cfg)

@@ -38,7 +38,7 @@ def finite_sgd_step(model, batch, storage, lr=0.01):
 ])
 def test_batch_with_an_unannotated_image_and_a_single_box(options):
     """Random weights: D is often empty, which pgdet 0.2's swap estimator could not handle."""
-    cfg = build_cfg(os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"),
+    cfg = build_cfg(os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"),
                     ["MODEL.PG.ENABLED", "True", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
                      *options])
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def test_batch_with_an_unannotated_image_and_a_single_box(options):
 def test_non_finite_logits_stop_training_naming_iteration_and_image_id(tmp_path):
     """A NaN logit in the last image of iteration 1's batch: training stops there and names that
     image's dataset id, not a silently zero PG weight."""
-    cfg = build_cfg(os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"), [
+    cfg = build_cfg(os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml"), [
         "MODEL.PG.ENABLED", "True", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
         "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
         "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])

@@ -340,7 +340,7 @@ def test_missing_optional_package_names_the_extra(monkeypatch, module, arch):
 
 # --- the BCCD configs ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs" / "bccd").glob("*.yaml")),
+@pytest.mark.parametrize("path", sorted((REPO / "pgdet" / "configs" / "bccd").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_bccd_configs_build(path):
     cfg = add_pgdet_config(get_cfg())

@@ -26,7 +26,7 @@ from pgdet.modeling.comparators.rank_sort_loss import rank_sort_loss, smoothed_s
 from pgdet.modeling.comparators.rs_output_layers import RSFastRCNNOutputLayers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
 RS_ON = ["MODEL.ROI_HEADS.NAME", "RSROIHeads", "MODEL.RS_LOSS.ENABLED", "True"]
 
 # δ = 0.5, so H(x) = clamp(x + 0.5, 0, 1). Positives A, B, C (logit, IoU); negatives N1-N3.
@@ -378,7 +378,7 @@ def test_invalid_rs_options_fail_at_build_time(opts, key):
 
 def test_composes_with_the_papers_strided_conv_fc_box_head():
     """RSROIHeads builds whatever MODEL.ROI_BOX_HEAD names: the paper's R-101 head trains."""
-    cfg = build_cfg(os.path.join(REPO, "configs", "frcnn_R101.yaml"), [
+    cfg = build_cfg(os.path.join(REPO, "pgdet", "configs", "frcnn_R101.yaml"), [
         *RS_ON, "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN",
         "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64"])
     torch.manual_seed(0)

@@ -1,19 +1,24 @@
-"""benchmarks/table1.py: the Table-1 runner end to end on a tiny dataset, and its table maths.
+"""The Table-1 runner (pgdet/protocol, benchmarks/table1.py) end to end on a tiny dataset, and
+its table maths.
 
 The end-to-end test runs the real runner (baseline 8 iterations, each fine-tune 2, one seed) on a
-Pascal-VOC folder of a few images written here, so that each evaluation takes a second. The
-oracles are the files the stages themselves wrote: each run's ``eval_metrics.json`` (what the
-table must show) and ``config.yaml`` (what each method must have trained with). The paired
-statistics are checked on hand-computed numbers, the test-image bootstrap against pycocotools run
-directly, the layout of several baselines with the training stages faked.
+Pascal-VOC folder of a few images written here, so that each evaluation takes a second: first
+with two stages at a time from another folder, then again (reusing every stage) as the script
+of the repository. The oracles are the files the stages themselves wrote: each run's
+``eval_metrics.json`` (what the table must show; for a model without any detection, 0 where
+pycocotools measures the test set) and ``config.yaml`` (what each method must have trained
+with). The paired statistics are checked on hand-computed numbers, the test-image bootstrap
+against pycocotools run directly, the layout of several baselines and the scheduling of --jobs
+with the training stages faked.
 """
-import importlib.util
 import json
 import math
 import os
 import statistics
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,10 +27,13 @@ from PIL import Image, ImageDraw
 
 from pgdet.data.demo import CLASS_NAMES
 from pgdet.engine import ConfigError, build_cfg
+from pgdet.protocol import (
+    bootstrap, cli, methods, no_detections, report, runs, stages, stats,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "table1.py")
-DEMO = os.path.join(REPO, "configs", "demo")
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # (row label, folder of its greedy-NMS run relative to the output) as documented by the runner
 RUNS = {
@@ -40,13 +48,6 @@ GAIN = "ΔAP vs standard fine-tune (paired, 95 % CI)"
 PAPER_AP = {("standard (baseline)", "greedy"): "36.3", ("standard (baseline)", "soft-NMS"): "36.9",
             ("OHEM", "greedy"): "36.9", ("PG γ=0", "greedy"): "37.6", ("PG γ=1", "greedy"): "38.3",
             ("PG γ=1", "soft-NMS"): "38.5"}
-
-
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("table1", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _draw_shape(draw, class_index, x0, y0, side, colour):
@@ -149,10 +150,12 @@ def experiment(tmp_path_factory):
         "DATASETS.VOC_DIRS", f"['tiny_train:{voc}:train','tiny_val:{voc}:val']",
         "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)"])
     env = checkout_env()
-    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    # first two stages at a time, from a folder outside the repository
+    first = subprocess.run(cmd[:2] + ["--jobs", "2"] + cmd[2:], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=3600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     before = file_mtimes(out)
-    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {"out": out, "first": first.stdout, "second": second.stdout, "before": before,
             "after": file_mtimes(out)}
@@ -161,6 +164,27 @@ def experiment(tmp_path_factory):
 def _eval_metrics(run_dir):
     with open(os.path.join(run_dir, "eval_metrics.json")) as f:
         return json.load(f)
+
+
+def _tiny_val_file(run_dir, name):
+    with open(os.path.join(run_dir, "inference", "tiny_val", name)) as f:
+        return json.load(f)
+
+
+def _shown_metrics(run_dir):
+    """What the table must show for a run: the metrics its evaluation reported, except for a
+    model without any detection (COCOEvaluator: NaN everywhere, saved predictions []), which
+    has 0 on each metric pycocotools measures on the test set: those where a detection matching
+    nothing scores 0, not -1."""
+    metrics = _eval_metrics(run_dir)
+    if _tiny_val_file(run_dir, "coco_instances_results.json"):
+        return metrics
+    assert all(math.isnan(v) for v in metrics.values()), run_dir
+    ground_truth = _tiny_val_file(run_dir, "tiny_val_coco_format.json")
+    nothing = _box(ground_truth["images"][0]["id"], ground_truth["categories"][0]["id"],
+                   (0, 0, 1, 1), score=1.0)
+    oracle = _pycocotools_stats(ground_truth, [nothing])
+    return {key: 0.0 if oracle[i] == 0 else float("nan") for i, key in enumerate(METRICS)}
 
 
 def _expected_runs(out):
@@ -174,16 +198,18 @@ def _fmt(value, sign=""):
 
 
 def test_table_rows_equal_each_runs_eval_metrics(experiment):
+    """The table shows each run's metrics; those of a model without detections as 0 where the
+    test set can be measured, as the runner's log says."""
     out = experiment["out"]
     table = parse_markdown_table((out / "table1.md").read_text())
     expected = _expected_runs(out)
     assert set(table) == set(expected)
     # the check below can only catch swapped runs if the runs differ
     assert len({cells["AP50"] for cells in table.values()}) >= 3
-    control = {nms: _eval_metrics(expected["standard fine-tune", nms])["AP"]
+    control = {nms: _shown_metrics(expected["standard fine-tune", nms])["AP"]
                for nms in ("greedy", "soft-NMS")}
     for (label, nms), run_dir in expected.items():
-        metrics = _eval_metrics(run_dir)
+        metrics = _shown_metrics(run_dir)
         cells = table[label, nms]
         assert cells["runs"] == "1"
         for key in METRICS:
@@ -205,7 +231,7 @@ def test_raw_json_holds_the_exact_numbers(experiment):
     for row in raw["rows"]:
         (run,) = row["runs"]
         assert run["output_dir"] == expected[row["method"], row["nms"]]
-        metrics = _eval_metrics(run["output_dir"])
+        metrics = _shown_metrics(run["output_dir"])
         assert run["metrics"] == pytest.approx(metrics, nan_ok=True)
         assert run["seed"] == (None if row["method"] == "standard (baseline)" else 0)
         assert run["baseline"] is None
@@ -213,7 +239,7 @@ def test_raw_json_holds_the_exact_numbers(experiment):
             (pair,) = row["vs_control"]["pairs"]
             (control_dir,) = pair["control_runs"]
             assert pair["gain"] == pytest.approx(
-                metrics["AP"] - _eval_metrics(control_dir)["AP"], nan_ok=True)
+                metrics["AP"] - _shown_metrics(control_dir)["AP"], nan_ok=True)
             assert row["vs_control"]["ci95"] is None and row["vs_control"]["unpaired"] == []
     pg = next(r for r in raw["rows"] if (r["method"], r["nms"]) == ("PG γ=1", "soft-NMS"))
     assert pg["paper"] == {"AP": 38.5, "AP50": 60.8, "AP75": 41.3, "APs": 20.9, "APm": 43.4,
@@ -263,10 +289,9 @@ def test_bootstrap_rescores_what_each_evaluation_scored(experiment):
     so the bootstrap resamples the evaluation the table shows; a model without detections, for
     which COCOEvaluator reports NaN, has AP 0."""
     from pgdet.evaluation import per_image_evaluation, resampled_ap
-    runner = _load_runner()
     out = experiment["out"]
     for run_dir in _expected_runs(out).values():
-        ground_truth, predictions = runner.evaluation_files(run_dir, "tiny_val")
+        ground_truth, predictions = bootstrap.evaluation_files(run_dir, "tiny_val")
         (ap,) = 100 * resampled_ap(per_image_evaluation(ground_truth, predictions), np.ones((1, 4)))
         reported = _eval_metrics(run_dir)["AP"]
         if math.isnan(reported):
@@ -298,6 +323,19 @@ def test_figures_are_pngs(experiment):
             assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
 
 
+def test_jobs_show_one_progress_display_and_log_each_stage(experiment):
+    first = experiment["first"]
+    progress = [line for line in first.splitlines() if "stages done" in line]
+    assert len(progress) == 2 * 12  # a line when each stage starts and when it ends
+    assert progress[-1].startswith("[table1] 12/12 stages done, 0 running, 0 left | ")
+    assert "total_loss" not in first  # the iterations go to the stages' logs only
+    for (label, nms), run_dir in _expected_runs(experiment["out"]).items():
+        (log,) = [f for f in os.listdir(run_dir) if f.startswith("log_")]
+        text = open(os.path.join(run_dir, log)).read()
+        assert "copypaste: AP,AP50,AP75,APs,APm,APl" in text, run_dir  # its final evaluation
+        assert ("total_loss" in text) == (nms == "greedy"), run_dir
+
+
 def test_rerun_reuses_every_stage(experiment):
     assert experiment["before"] == experiment["after"]  # no weights, log or metrics rewritten
     assert experiment["second"].count("reusing finished run") == 12
@@ -305,17 +343,16 @@ def test_rerun_reuses_every_stage(experiment):
     assert experiment["first"].count("$ ") == 12
 
 
-def _row(runner, aps, nms="greedy", method="PG γ=1"):
-    runs = [runner.Run(seed, f"/runs/{seed}", {k: ap + i for i, k in enumerate(METRICS)})
-            for seed, ap in enumerate(aps)]
-    return runner.Row(method, nms, runs)
+def _row(aps, nms="greedy", method="PG γ=1"):
+    row_runs = [runs.Run(seed, f"/runs/{seed}", {k: ap + i for i, k in enumerate(METRICS)})
+                for seed, ap in enumerate(aps)]
+    return runs.Row(method, nms, row_runs)
 
 
 def test_mean_and_sample_std_over_seeds_and_no_gain_without_the_controls_seed():
-    runner = _load_runner()
     pg_aps, control_aps = [30.0, 31.5, 29.25], [28.0, 28.5]
-    rows = [_row(runner, control_aps, method="standard fine-tune"), _row(runner, pg_aps)]
-    table = parse_markdown_table(runner.format_table1(rows, runner.compare_with_control(rows)))
+    rows = [_row(control_aps, method="standard fine-tune"), _row(pg_aps)]
+    table = parse_markdown_table(report.format_table1(rows, stats.compare_with_control(rows)))
     cells = table["PG γ=1", "greedy"]
     assert cells["runs"] == "3"
     for i, key in enumerate(METRICS):
@@ -326,11 +363,11 @@ def test_mean_and_sample_std_over_seeds_and_no_gain_without_the_controls_seed():
     assert cells["ΔAP per pair"] == "+2.0, +3.0"  # the seeds that do pair
 
 
-def _keyed_row(runner, aps, method):
+def _keyed_row(aps, method):
     """A greedy-NMS row of runs {(baseline, seed): AP}."""
-    runs = [runner.Run(seed, f"/{method}/{b}/{seed}", dict.fromkeys(METRICS, ap), b)
-            for (b, seed), ap in aps.items()]
-    return runner.Row(method, "greedy", runs)
+    row_runs = [runs.Run(seed, f"/{method}/{b}/{seed}", dict.fromkeys(METRICS, ap), b)
+                for (b, seed), ap in aps.items()]
+    return runs.Row(method, "greedy", row_runs)
 
 
 def _unicode_minus(text):
@@ -338,31 +375,29 @@ def _unicode_minus(text):
 
 
 def test_paired_t_interval_on_hand_computed_gains():
-    runner = _load_runner()
     # mean 0.6667, sample sd 0.4509, t_{0.975,2} = 4.303: 0.6667 ± 4.303 · 0.4509 / √3
-    low, high = runner.paired_t_interval([0.2, 0.7, 1.1])
+    low, high = stats.paired_t_interval([0.2, 0.7, 1.1])
     assert (low, high) == pytest.approx((-0.4535, 1.7869), abs=1e-4)
-    assert runner.paired_t_interval([0.5]) is None
-    assert runner.paired_t_interval([0.3, 0.3]) == pytest.approx((0.3, 0.3))
+    assert stats.paired_t_interval([0.5]) is None
+    assert stats.paired_t_interval([0.3, 0.3]) == pytest.approx((0.3, 0.3))
 
 
 def test_t_quantiles_match_scipy_and_are_never_too_small():
-    stats = pytest.importorskip("scipy.stats")
-    runner = _load_runner()
+    scipy_stats = pytest.importorskip("scipy.stats")
     dfs = np.arange(1, 1000)
-    exact, tabulated = stats.t.ppf(0.975, dfs), np.array([runner.t_quantile_975(d) for d in dfs])
+    exact = scipy_stats.t.ppf(0.975, dfs)
+    tabulated = np.array([stats.t_quantile_975(d) for d in dfs])
     assert (tabulated[:30] - exact[:30] < 1e-3).all()  # df 1-30: scipy's value rounded up
     assert ((exact <= tabulated) & (tabulated <= 1.011 * exact)).all()
 
 
 def test_runs_pair_by_baseline_and_seed_whatever_their_order():
-    runner = _load_runner()
     control = {(0, 0): 50.0, (0, 1): 51.0, (1, 0): 49.0, (1, 1): 52.0}
     method = {(1, 1): 52.2, (0, 0): 50.7, (1, 0): 50.1, (0, 1): 51.8}  # gains .2 .7 1.1 .8
     baselines = {(0, None): 49.5, (1, None): 50.1}  # vs their controls' means 50.5 and 50.5
-    rows = [_keyed_row(runner, aps, label) for aps, label in (
+    rows = [_keyed_row(aps, label) for aps, label in (
         (baselines, "standard (baseline)"), (control, "standard fine-tune"), (method, "PG γ=1"))]
-    comparisons = runner.compare_with_control(rows)
+    comparisons = stats.compare_with_control(rows)
     pg = comparisons["PG γ=1", "greedy"]
     assert pg.unpaired == []
     assert pg.gains() == pytest.approx([0.2, 0.7, 1.1, 0.8])
@@ -373,7 +408,7 @@ def test_runs_pair_by_baseline_and_seed_whatever_their_order():
     # table rounds t up to 3.183)
     assert pg.interval() == pytest.approx((0.1047, 1.2953), abs=1e-3)
     assert comparisons["standard (baseline)", "greedy"].gains() == pytest.approx([-1.0, -0.4])
-    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    table = parse_markdown_table(report.format_table1(rows, comparisons))
     assert table["PG γ=1", "greedy"][GAIN] == "+0.7 [+0.1, +1.3]"
     assert table["PG γ=1", "greedy"]["ΔAP per pair"] == "+0.2, +0.7, +1.1, +0.8"
     # −0.7 ± 12.706 · 0.4243 / √2
@@ -383,25 +418,23 @@ def test_runs_pair_by_baseline_and_seed_whatever_their_order():
 
 
 def test_a_missing_run_is_named_not_paired_around():
-    runner = _load_runner()
     control = {(0, 0): 50.0, (0, 1): 51.0, (1, 0): 49.0, (1, 1): 52.0}
     method = {(0, 0): 50.7, (0, 1): 51.6, (1, 0): 50.1}  # (1, 1) did not run
     extra = {(0, 0): 50.7, (0, 1): 51.6, (1, 0): 50.1, (1, 1): 52.0, (2, 0): 49.0}
-    rows = [_keyed_row(runner, control, "standard fine-tune"),
-            _keyed_row(runner, method, "PG γ=1"), _keyed_row(runner, extra, "OHEM")]
-    comparisons = runner.compare_with_control(rows)
+    rows = [_keyed_row(control, "standard fine-tune"),
+            _keyed_row(method, "PG γ=1"), _keyed_row(extra, "OHEM")]
+    comparisons = stats.compare_with_control(rows)
     pg, ohem = comparisons["PG γ=1", "greedy"], comparisons["OHEM", "greedy"]
     assert pg.unpaired == ["no PG γ=1 run for baseline 1, seed 1"]
     assert ohem.unpaired == ["no standard fine-tune run for baseline 2, seed 0"]
     assert pg.interval() is None and ohem.interval() is None
-    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    table = parse_markdown_table(report.format_table1(rows, comparisons))
     assert table["PG γ=1", "greedy"][GAIN] == "not paired: no PG γ=1 run for baseline 1, seed 1"
     assert table["OHEM", "greedy"]["ΔAP per pair"] == "+0.7, +0.6, +1.1, +0.0"
 
 
 def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
-    runner = _load_runner()
-    grid = runner.grid_variants(["MODEL.PG.REWARD_ESTIMATOR=joint,conditional",
+    grid = methods.grid_variants(["MODEL.PG.REWARD_ESTIMATOR=joint,conditional",
                                  "MODEL.PG.SAMPLE_NMS=False,True", "MODEL.PG.REWARD_SCALE=1.0,2.0"])
     assert len(grid) == 8 and len({m.slug for m in grid}) == 8
     config = os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml")
@@ -412,68 +445,66 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
         settings.add((pg.REWARD_ESTIMATOR, pg.SAMPLE_NMS, pg.REWARD_SCALE))
     assert settings == {(e, n, c) for e in ("joint", "conditional") for n in (False, True)
                         for c in (1.0, 2.0)}
-    methods = runner.distinct_methods(grid, lambda opts: build_cfg(config, list(opts)))
+    distinct = methods.distinct_methods(grid, lambda opts: build_cfg(config, list(opts)))
     # the (joint, no NMS, c = 1) point is the paper's defaults, i.e. PG γ=1 itself
-    assert [m.label for m in methods[:5]] == ["standard fine-tune", "OHEM", "PG γ=0", "PG γ=1",
+    assert [m.label for m in distinct[:5]] == ["standard fine-tune", "OHEM", "PG γ=0", "PG γ=1",
                                               "RS loss"]
-    assert len(methods) == 5 + 7
-    variant = runner.parse_variant("sampled mean=MODEL.PG.BASELINE sampled_mean")
+    assert len(distinct) == 5 + 7
+    variant = methods.parse_variant("sampled mean=MODEL.PG.BASELINE sampled_mean")
     assert variant.slug == "pg_sampled_mean"
     assert variant.opts[-2:] == ("MODEL.PG.BASELINE", "sampled_mean")
-    assert runner.grid_variants([]) == []  # no --grid: no nameless "PG γ=1, " variant
-    gamma0 = runner.parse_variant("cond g0=MODEL.PG.REWARD_ESTIMATOR conditional MODEL.PG.GAMMA 0.0")
+    assert methods.grid_variants([]) == []  # no --grid: no nameless "PG γ=1, " variant
+    gamma0 = methods.parse_variant("cond g0=MODEL.PG.REWARD_ESTIMATOR conditional MODEL.PG.GAMMA 0.0")
     assert gamma0.label == "PG γ=0, cond g0" and gamma0.slug == "pg_cond_g0"
     assert build_cfg(config, list(gamma0.opts)).MODEL.PG.GAMMA == 0.0
 
 
 def test_rs_variants_extend_the_rs_row_and_duplicates_are_dropped():
-    runner = _load_runner()
     config = os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml")
-    lr = runner.parse_variant("lr0.003=SOLVER.BASE_LR 0.003", runner.rs_variant)
-    same = runner.parse_variant("delta=MODEL.RS_LOSS.DELTA 0.5", runner.rs_variant)
+    lr = methods.parse_variant("lr0.003=SOLVER.BASE_LR 0.003", methods.rs_variant)
+    same = methods.parse_variant("delta=MODEL.RS_LOSS.DELTA 0.5", methods.rs_variant)
     assert lr.label == "RS loss, lr0.003" and lr.slug == "rs_lr0_003" and lr.base.label == "RS loss"
     cfg = build_cfg(config, list(lr.opts))
     assert cfg.MODEL.RS_LOSS.ENABLED and cfg.MODEL.ROI_HEADS.NAME == "RSROIHeads"
     assert cfg.SOLVER.BASE_LR == 0.003
-    methods = runner.distinct_methods([lr, same], lambda opts: build_cfg(config, list(opts)))
-    assert [m.label for m in methods[-2:]] == ["RS loss", "RS loss, lr0.003"]  # δ 0.5: the default
+    distinct = methods.distinct_methods([lr, same], lambda opts: build_cfg(config, list(opts)))
+    assert [m.label for m in distinct[-2:]] == ["RS loss", "RS loss, lr0.003"]  # δ 0.5: the default
 
 
 def test_methods_option_keeps_the_control():
-    runner = _load_runner()
-    chosen = runner.select_methods(["pg_gamma1"])
+    chosen = methods.select_methods(["pg_gamma1"])
     assert [m.label for m in chosen] == ["standard fine-tune", "PG γ=1"]
     with pytest.raises(ConfigError, match="unknown"):
-        runner.select_methods(["pg_gamma2"])
+        methods.select_methods(["pg_gamma2"])
 
 
 def test_a_model_without_detections_counts_as_zero_where_the_baseline_measured():
-    runner = _load_runner()
     nan = float("nan")
-    baseline = runner.Row("standard (baseline)", "greedy", [runner.Run(None, "b", dict(
+    baseline = runs.Row("standard (baseline)", "greedy", [runs.Run(None, "b", dict(
         AP=50.0, AP50=80.0, AP75=55.0, APs=40.0, APm=60.0, APl=nan))])
-    collapsed = runner.Row("PG γ=0", "greedy", [
-        runner.Run(0, "s0", dict(AP=1.0, AP50=2.0, AP75=1.0, APs=1.0, APm=0.0, APl=nan)),
-        runner.Run(1, "s1", {k: nan for k in METRICS})])
-    runner.count_no_detections_as_zero([baseline, collapsed])
+    collapsed = runs.Row("PG γ=0", "greedy", [
+        runs.Run(0, "s0", dict(AP=1.0, AP50=2.0, AP75=1.0, APs=1.0, APm=0.0, APl=nan)),
+        runs.Run(1, "s1", {k: nan for k in METRICS})])
+    no_detections.count_no_detections_as_zero([baseline, collapsed])
     assert collapsed.runs[1].metrics == dict(AP=0.0, AP50=0.0, AP75=0.0, APs=0.0, APm=0.0,
                                              APl=pytest.approx(nan, nan_ok=True))
     assert collapsed.mean("AP") == 0.5 and collapsed.runs[0].metrics["AP"] == 1.0
     assert baseline.runs[0].metrics["AP"] == 50.0
 
 
-def _fake_stages(monkeypatch, runner):
+def _fake_stages(monkeypatch):
     """Replace the runner's train_net.py stages by a recorder: nothing trains, and every stage
     gets a different AP (its position in the order of stages)."""
     calls = []
 
-    def run_stage(name, config_file, output_dir, opts=(), num_gpus=1, eval_only=False):
+    def run_stage(name, config_file, output_dir, opts=(), num_gpus=1, eval_only=False,
+                  echo=True):
         metrics = {key: float(len(calls)) for key in METRICS}
         calls.append(dict(name=name, config=config_file, output_dir=output_dir, opts=list(opts),
                           eval_only=eval_only, metrics=metrics))
         return metrics
 
-    monkeypatch.setattr(runner, "run_stage", run_stage)
+    monkeypatch.setattr(stages, "run_stage", run_stage)
     return calls
 
 
@@ -485,21 +516,20 @@ def _opt(opts, key):
 @pytest.mark.parametrize("baseline_seeds", [None, [3, 4]])
 def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
         tmp_path, monkeypatch, baseline_seeds):
-    runner = _load_runner()
-    calls = _fake_stages(monkeypatch, runner)
+    calls = _fake_stages(monkeypatch)
     argv = ["--baseline-config", "b.yaml", "--finetune-config", "f.yaml", "--seeds", "0", "1",
             "--output", str(tmp_path), "--methods", "pg_gamma1"]
     argv += ["--baseline-seeds", *map(str, baseline_seeds)] if baseline_seeds else []
-    args = runner.parse_args(argv + ["--", "SEED", "9"])
-    rows = runner.run_experiment(args, runner.select_methods(args.methods))
+    args = cli.parse_args(argv + ["--", "SEED", "9"])
+    rows = stages.run_experiment(args, methods.select_methods(args.methods))
 
-    stages = {call["output_dir"]: call for call in calls}
+    by_dir = {call["output_dir"]: call for call in calls}
     baselines = baseline_seeds or [None]
-    assert len(calls) == len(stages) == len(baselines) * 2 * (1 + 2 * 2)
+    assert len(calls) == len(by_dir) == len(baselines) * 2 * (1 + 2 * 2)
     expected = {"standard (baseline)": [], "standard fine-tune": [], "PG γ=1": []}
     for b in baselines:
         base_dir = str(tmp_path / ("baseline" if b is None else f"baseline_seed{b}"))
-        base = stages[base_dir]
+        base = by_dir[base_dir]
         assert base["config"] == os.path.abspath("b.yaml") and not base["eval_only"]
         assert _opt(base["opts"], "SEED") == ("9" if b is None else str(b))
         expected["standard (baseline)"].append((b, None, base_dir))
@@ -508,12 +538,12 @@ def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
             for s in (0, 1):
                 name = f"seed{s}" if b is None else f"baseline{b}_seed{s}"
                 run_dir = str(tmp_path / folder / name)
-                run = stages[run_dir]
+                run = by_dir[run_dir]
                 assert run["config"] == os.path.abspath("f.yaml") and not run["eval_only"]
                 assert _opt(run["opts"], "SEED") == str(s)
                 assert _opt(run["opts"], "MODEL.WEIGHTS") == os.path.join(base_dir,
                                                                           "model_final.pth")
-                soft = stages[os.path.join(run_dir, "soft_nms")]
+                soft = by_dir[os.path.join(run_dir, "soft_nms")]
                 assert soft["eval_only"] and _opt(soft["opts"], "MODEL.WEIGHTS") == os.path.join(
                     run_dir, "model_final.pth")
                 expected[label].append((b, s, run_dir))
@@ -521,34 +551,32 @@ def test_every_fine_tune_seed_runs_from_every_baseline_in_its_own_folder(
         suffix = [] if row.nms == "greedy" else ["soft_nms"]
         assert [(r.baseline, r.seed, r.output_dir) for r in row.runs] == [
             (b, s, os.path.join(d, *suffix)) for b, s, d in expected[row.method]]
-        assert all(r.metrics == stages[r.output_dir]["metrics"] for r in row.runs)
+        assert all(r.metrics == by_dir[r.output_dir]["metrics"] for r in row.runs)
 
 
 def test_no_soft_nms_runs_and_tabulates_greedy_nms_only(tmp_path, monkeypatch):
-    runner = _load_runner()
-    calls = _fake_stages(monkeypatch, runner)
-    args = runner.parse_args(["--baseline-config", "b.yaml", "--finetune-config", "f.yaml",
+    calls = _fake_stages(monkeypatch)
+    args = cli.parse_args(["--baseline-config", "b.yaml", "--finetune-config", "f.yaml",
                               "--seeds", "0", "1", "--output", str(tmp_path), "--methods",
                               "pg_gamma1", "--no-soft-nms"])
-    rows = runner.run_experiment(args, runner.select_methods(args.methods))
+    rows = stages.run_experiment(args, methods.select_methods(args.methods))
     assert len(calls) == 1 + 2 * 2 and not any(call["eval_only"] for call in calls)
     assert {row.nms for row in rows} == {"greedy"} and len(rows) == 3
 
 
 def test_only_runs_one_cell_in_the_folder_of_the_full_run(tmp_path, monkeypatch):
-    runner = _load_runner()
-    calls = _fake_stages(monkeypatch, runner)
-    demo = os.path.join(REPO, "configs", "demo")
+    calls = _fake_stages(monkeypatch)
+    demo = os.path.join(REPO, "pgdet", "configs", "demo")
     common = ["--baseline-config", os.path.join(demo, "frcnn_MobileNetV2_FPN_demo.yaml"),
               "--finetune-config", os.path.join(demo, "ft_MobileNetV2_FPN_demo.yaml"),
               "--seeds", "0", "1", "--output", str(tmp_path), "--no-soft-nms",
               "--variants", "v=MODEL.PG.GAMMA 0.5"]
-    runner.main(common + ["--only", "pg_v", "1"])
+    cli.main(common + ["--only", "pg_v", "1"])
     assert [c["output_dir"] for c in calls] == [str(tmp_path / "baseline"),
                                                str(tmp_path / "pg_v" / "seed1")]
     assert _opt(calls[1]["opts"], "MODEL.PG.GAMMA") == "0.5"
     with pytest.raises(SystemExit):
-        runner.main(common + ["--only", "pg_v"])
+        cli.main(common + ["--only", "pg_v"])
 
 
 # The test-image bootstrap: COCO AP on resampled test images, against pycocotools run directly.
@@ -617,6 +645,11 @@ def _random_detections(ground_truth, rng):
 
 def _pycocotools_ap(ground_truth, detections):
     """AP@[.5:.95] as pycocotools computes it (and detectron2's COCOEvaluator without its C++)."""
+    return _pycocotools_stats(ground_truth, detections)[0]
+
+
+def _pycocotools_stats(ground_truth, detections):
+    """pycocotools' 12 bbox stats; the first six are METRICS as fractions, -1 where undefined."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     coco = COCO()
@@ -626,7 +659,7 @@ def _pycocotools_ap(ground_truth, detections):
     coco_eval.evaluate()
     coco_eval.accumulate()
     coco_eval.summarize()
-    return coco_eval.stats[0]
+    return coco_eval.stats
 
 
 def _pycocotools_ap_on_resample(ground_truth, detections, counts):
@@ -660,13 +693,12 @@ def test_identity_resample_gives_pycocotools_ap_exactly(tmp_path):
     from pgdet.evaluation import per_image_evaluation, resampled_ap
     ground_truth, detections = _hand_made_coco()
     run_dir = _write_run(tmp_path, "hand", ground_truth, detections)
-    runner = _load_runner()
-    evaluation = per_image_evaluation(*runner.evaluation_files(run_dir, "hand"))
+    evaluation = per_image_evaluation(*bootstrap.evaluation_files(run_dir, "hand"))
     (ap,) = resampled_ap(evaluation, np.ones((1, 4)))
     expected = _pycocotools_ap(ground_truth, detections)
     assert 0.3 < expected < 0.9
     assert ap == expected  # same operations in the same order: bit for bit
-    no_detections = per_image_evaluation(*runner.evaluation_files(
+    no_detections = per_image_evaluation(*bootstrap.evaluation_files(
         _write_run(tmp_path / "empty", "hand", ground_truth, []), "hand"))
     assert list(resampled_ap(no_detections, np.array([[1, 1, 1, 1], [0, 0, 4, 0]]))) == [0, 0]
 
@@ -676,9 +708,8 @@ def test_resampled_ap_equals_pycocotools_on_the_resample_made_real(tmp_path):
     rng = np.random.default_rng(1)
     ground_truth = _random_ground_truth(rng)
     detections = _random_detections(ground_truth, rng)
-    runner = _load_runner()
     run_dir = _write_run(tmp_path, "random", ground_truth, detections)
-    evaluation = per_image_evaluation(*runner.evaluation_files(run_dir, "random"))
+    evaluation = per_image_evaluation(*bootstrap.evaluation_files(run_dir, "random"))
     counts = resample_counts(6, 5, seed=3)
     assert (counts.sum(axis=1) == 6).all() and (counts == 0).any() and (counts > 1).any()
     ap = resampled_ap(evaluation, counts)
@@ -687,10 +718,10 @@ def test_resampled_ap_equals_pycocotools_on_the_resample_made_real(tmp_path):
     assert len(set(np.round(expected, 9))) == len(expected)  # the resamples do differ
 
 
-def _bootstrap_rows(runner, tmp_path, detections_by_row, ground_truth):
+def _bootstrap_rows(tmp_path, detections_by_row, ground_truth):
     """Greedy rows of runs (seed s) whose evaluations left `detections_by_row[label][s]`."""
-    return [runner.Row(label, "greedy", [
-        runner.Run(seed, _write_run(tmp_path / _slug(label) / str(seed), "data", ground_truth,
+    return [runs.Row(label, "greedy", [
+        runs.Run(seed, _write_run(tmp_path / _slug(label) / str(seed), "data", ground_truth,
                                     detections), dict.fromkeys(METRICS, 50.0))
         for seed, detections in enumerate(per_seed)]) for label, per_seed in detections_by_row]
 
@@ -701,16 +732,15 @@ def _slug(label):
 
 def test_bootstrap_interval_is_the_spread_of_pycocotools_gains_on_real_resamples(tmp_path):
     from pgdet.evaluation import resample_counts
-    runner = _load_runner()
     rng = np.random.default_rng(2)
     ground_truth = _random_ground_truth(rng)
     detections = {label: [_random_detections(ground_truth, rng) for seed in (0, 1)]
                   for label in ("standard fine-tune", "PG γ=1")}
-    rows = _bootstrap_rows(runner, tmp_path, detections.items(), ground_truth)
-    comparisons = runner.compare_with_control(rows)
-    runner.add_image_bootstrap(comparisons, "data", resamples=12)
+    rows = _bootstrap_rows(tmp_path, detections.items(), ground_truth)
+    comparisons = stats.compare_with_control(rows)
+    bootstrap.add_image_bootstrap(comparisons, "data", resamples=12)
 
-    counts = resample_counts(6, 12, runner.BOOTSTRAP_SEED)
+    counts = resample_counts(6, 12, bootstrap.BOOTSTRAP_SEED)
     gains = np.mean([[_pycocotools_ap_on_resample(ground_truth, method, c)
                       - _pycocotools_ap_on_resample(ground_truth, control, c) for c in counts]
                      for method, control in zip(detections["PG γ=1"],
@@ -721,15 +751,99 @@ def test_bootstrap_interval_is_the_spread_of_pycocotools_gains_on_real_resamples
 
 
 def test_identical_methods_have_a_zero_bootstrap_interval(tmp_path):
-    runner = _load_runner()
     rng = np.random.default_rng(4)
     ground_truth = _random_ground_truth(rng)
     same = [_random_detections(ground_truth, rng)] * 2
-    rows = _bootstrap_rows(runner, tmp_path, [("standard fine-tune", same), ("OHEM", same)],
+    rows = _bootstrap_rows(tmp_path, [("standard fine-tune", same), ("OHEM", same)],
                            ground_truth)
-    comparisons = runner.compare_with_control(rows)
-    runner.add_image_bootstrap(comparisons, "data", resamples=1000)
+    comparisons = stats.compare_with_control(rows)
+    bootstrap.add_image_bootstrap(comparisons, "data", resamples=1000)
     assert comparisons["OHEM", "greedy"].bootstrap == (0.0, 0.0)
-    table = parse_markdown_table(runner.format_table1(rows, comparisons))
+    table = parse_markdown_table(report.format_table1(rows, comparisons))
     assert table["OHEM", "greedy"]["ΔAP, test-image bootstrap 95 %"] == "[+0.0, +0.0]"
     assert table["standard fine-tune", "greedy"]["ΔAP, test-image bootstrap 95 %"] == "—"
+
+
+# Models without any detection: what the table shows must be what the log says.
+
+def test_untrained_models_count_as_zero_in_the_table_as_the_log_says(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Every model untrained: COCOEvaluator reports NaN for all of them, the runner logs "counted
+    as AP 0", and the table must show 0.0 where COCOeval would measure the test set and nan where
+    it cannot (no large object here). Oracle: pycocotools on the same ground truth with one
+    detection matching nothing, which scores 0 on each measurable metric and -1 elsewhere."""
+    ground_truth, _ = _hand_made_coco()
+    ground_truth["annotations"] = [a for a in ground_truth["annotations"] if a["area"] < 96 ** 2]
+    oracle = _pycocotools_stats(ground_truth, [_box(1, 1, (380, 380, 10, 10), score=0.5)])
+    expected = {key: "0.0" if oracle[i] == 0 else "nan" for i, key in enumerate(METRICS)}
+    assert oracle[5] == -1 and set(oracle[:5]) == {0}  # the oracle does tell the two apart
+
+    def untrained_stage(name, config_file, output_dir, opts=(), num_gpus=1, eval_only=False,
+                        echo=True):
+        _write_run(output_dir, "pgdet_demo_val", ground_truth, [])
+        return dict.fromkeys(METRICS, float("nan"))
+
+    monkeypatch.setattr(stages, "run_stage", untrained_stage)
+    monkeypatch.setattr(cli, "draw_figures", lambda *a, **k: None)  # no weights to draw with
+    cli.main(["--baseline-config", os.path.join(DEMO, "frcnn_MobileNetV2_FPN_demo.yaml"),
+              "--finetune-config", os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml"),
+              "--output", str(tmp_path), "--methods", "pg_gamma1", "--no-soft-nms",
+              "--bootstrap", "0"])
+    assert capsys.readouterr().out.count("made no detection: counted as AP 0") == 3
+    table = parse_markdown_table((tmp_path / "table1.md").read_text())
+    assert len(table) == 3
+    for cells in table.values():
+        assert {key: cells[key] for key in METRICS} == expected
+    assert table["PG γ=1", "greedy"][GAIN] == "+0.0 (1 pair, no CI)"
+
+
+# --jobs: independent stages side by side, each after the stages it needs.
+
+def test_jobs_run_stages_side_by_side_after_what_they_need(tmp_path, monkeypatch, capsys):
+    """With --jobs 2 the fine-tunes must run two at a time: each waits at a barrier for a second
+    one, which times out unless the scheduler runs them concurrently. No stage may start before
+    the stage it needs has finished, never more than two may run, and the rows must hold the
+    runs in the same order as one job at a time."""
+    events, lock = [], threading.Lock()
+    pair_up = threading.Barrier(2, timeout=30)
+
+    def stage(name, config_file, output_dir, opts=(), num_gpus=1, eval_only=False, echo=True):
+        with lock:
+            events.append(("start", output_dir, eval_only, _opt(opts, "MODEL.WEIGHTS")
+                           if "MODEL.WEIGHTS" in opts else None))
+        if not eval_only and "MODEL.WEIGHTS" in opts:  # a fine-tune
+            pair_up.wait()
+        time.sleep(0.01)
+        with lock:
+            events.append(("end", output_dir))
+        return dict.fromkeys(METRICS, 1.0)
+
+    monkeypatch.setattr(stages, "run_stage", stage)
+    argv = ["--baseline-config", "b.yaml", "--finetune-config", "f.yaml", "--seeds", "0", "1",
+            "--baseline-seeds", "3", "4", "--methods", "pg_gamma1"]
+    args = cli.parse_args(argv + ["--output", str(tmp_path / "two"), "--jobs", "2"])
+    rows = stages.run_experiment(args, methods.select_methods(args.methods))
+
+    ended, running, most = set(), set(), 0
+    for event in events:
+        if event[0] == "end":
+            running.remove(event[1])
+            ended.add(event[1])
+            continue
+        _, output_dir, eval_only, weights = event
+        if weights:  # it needs the stage whose final weights it loads
+            assert os.path.dirname(weights) in ended, output_dir
+        running.add(output_dir)
+        most = max(most, len(running))
+    assert most == 2 and len(ended) == 2 * (1 + 2 * 2) * 2
+    progress = [line for line in capsys.readouterr().out.splitlines() if "stages done" in line]
+    assert len(progress) == len(ended) * 2  # a line when each starts and when it ends
+    assert progress[-1].startswith("[table1] 20/20 stages done, 0 running, 0 left | ")
+
+    pair_up = threading.Barrier(1)  # one job: no partner to wait for
+    one = cli.parse_args(argv + ["--output", str(tmp_path / "one")])
+    rows_one_job = stages.run_experiment(one, methods.select_methods(one.methods))
+    assert [[(r.baseline, r.seed, os.path.relpath(r.output_dir, tmp_path / "two"))
+             for r in row.runs] for row in rows] == [
+        [(r.baseline, r.seed, os.path.relpath(r.output_dir, tmp_path / "one"))
+         for r in row.runs] for row in rows_one_job]

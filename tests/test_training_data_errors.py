@@ -96,8 +96,8 @@ def test_bad_boxes_clipped_or_dropped_with_counts_naming_the_file(tmp_path, capl
 
 
 @pytest.mark.parametrize("config, key", [
-    ("configs/bccd/retinanet_MobileNetV2_FPN_bccd.yaml", "MODEL.RETINANET.NUM_CLASSES"),
-    ("configs/bccd/frcnn_MobileNetV2_FPN_bccd.yaml", "MODEL.ROI_HEADS.NUM_CLASSES"),
+    ("pgdet/configs/bccd/retinanet_MobileNetV2_FPN_bccd.yaml", "MODEL.RETINANET.NUM_CLASSES"),
+    ("pgdet/configs/bccd/frcnn_MobileNetV2_FPN_bccd.yaml", "MODEL.ROI_HEADS.NUM_CLASSES"),
 ])
 def test_class_error_names_the_key_the_detector_reads(tmp_path, config, key):
     """Through the trainer's loader: a RetinaNet user is sent to RETINANET.NUM_CLASSES (the key

@@ -1,6 +1,7 @@
-"""What train_net.py and lazy_train_net.py share: parse detectron2's arguments, launch `main` on
-every process, and turn the errors a user can fix (config, missing file, dataset, weights that
-cannot be downloaded) into one line. ``PGDET_TRACEBACK=1`` shows their traceback instead."""
+"""What the training commands (pgdet-train, pgdet-lazy-train) share: parse detectron2's arguments,
+launch `main` on every process, and turn the errors a user can fix (config, missing file, dataset,
+weights that cannot be downloaded) into one line. ``PGDET_TRACEBACK=1`` shows their traceback
+instead."""
 import os
 import sys
 
@@ -15,9 +16,12 @@ USER_ERRORS = (ConfigError, FileNotFoundError, UnknownDatasetError, DatasetConfi
                DatasetContentError, MalformedAnnotationError)
 
 
-def launch_main(main) -> None:
-    """Run ``main(args)`` with detectron2's ``launch``; exit with ``error: ...`` on a user error."""
-    args = default_argument_parser().parse_args()
+def launch_main(main, description: str = None) -> None:
+    """Run ``main(args)`` with detectron2's ``launch``; exit with ``error: ...`` on a user error.
+    `description` heads ``--help`` (detectron2's parser shows it as written)."""
+    parser = default_argument_parser()
+    parser.description = description
+    args = parser.parse_args()
     print("Command Line Args:", args)
     try:
         launch(

@@ -1,4 +1,5 @@
-"""Training and evaluation of LazyConfig models (``configs/lazy/*.py``) for lazy_train_net.py.
+"""Training and evaluation of LazyConfig models (``pgdet/configs/lazy/*.py``) for
+lazy_train_net.py.
 
 The loop is the one detectron2's ``tools/lazyconfig_train_net.py`` composes from detectron2's
 trainers and hooks, with the config layout of detectron2's ``configs/common/train.py``
@@ -20,7 +21,6 @@ trainers and hooks, with the config layout of detectron2's ``configs/common/trai
 - :class:`PGCheckpointer` and DDP on CPU (``create_ddp``).
 """
 import logging
-import os
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from ..config_error import ConfigError
+from ..configs import ConfigNotFoundError, resolve_config_file
 from ..data import check_datasets_exist
 from ..modeling import PGFastRCNNOutputLayers, PGROIHeads
 from ..modeling.pg.pg_options import PGOptions
@@ -45,10 +46,13 @@ WEIGHTS_ASSIGN = "train.init_checkpoint={}"  # how the command line sets the ini
 
 
 def load_lazy_config(config_file: str, opts=()):
-    """``config_file`` with the ``key=value`` overrides, its seed resolved and its device
-    available (see the module docstring); the processes of a run must all call this."""
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"Config file not found: {config_file}")
+    """``config_file`` (a path or the name of a config pgdet ships, pgdet/configs) with the
+    ``key=value`` overrides, its seed resolved and its device available (see the module
+    docstring); the processes of a run must all call this."""
+    try:
+        config_file = resolve_config_file(config_file)
+    except ConfigNotFoundError as e:
+        raise ConfigError(str(e)) from None
     cfg = LazyConfig.load(config_file)
     unknown = missing_keys(cfg, opts)
     cfg = LazyConfig.apply_overrides(cfg, list(opts))

@@ -9,6 +9,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import get_pgdet_cfg
 from ..config_error import ConfigError
+from ..configs import ConfigNotFoundError, resolve_config_file
 from ..data import check_datasets_exist, register_datasets_from_cfg
 from ..model_zoo import ModelZooConfigNotFoundError
 from .start_checks import (
@@ -59,17 +60,20 @@ def _type_error(error, source):
 def build_cfg(config_file: str = "", opts=()):
     """The run's config: detectron2 defaults + pgdet keys + `config_file` + `opts`, not frozen.
 
-    `config_file` may inherit a detectron2 model-zoo config (``_BASE_: "model_zoo://<name>"``,
-    pgdet/model_zoo.py). MODEL.DEVICE is switched from cuda to cpu when no GPU is visible, so the
-    paper's configs run unchanged on a CPU machine.
+    `config_file` is a path or the name of a config pgdet ships (pgdet/configs, e.g.
+    ``"demo/pg_MobileNetV2_FPN_demo.yaml"``), and may inherit a detectron2 model-zoo config
+    (``_BASE_: "model_zoo://<name>"``, pgdet/model_zoo.py). MODEL.DEVICE is switched from cuda to
+    cpu when no GPU is visible, so the paper's configs run unchanged on a CPU machine.
     """
     cfg = get_pgdet_cfg()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"Config file not found: {config_file}")
+        try:
+            config_file = resolve_config_file(config_file)
+        except ConfigNotFoundError as e:
+            raise ConfigError(str(e)) from None
         try:
             cfg.merge_from_file(config_file)
-        except ModelZooConfigNotFoundError as e:
+        except (ModelZooConfigNotFoundError, ConfigNotFoundError) as e:
             raise ConfigError(f"{config_file} (or a file it inherits): {e}") from None
         except KeyError as e:
             raise _unknown_key_error(cfg, e, config_file) from None

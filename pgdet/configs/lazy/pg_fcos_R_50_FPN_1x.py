@@ -2,7 +2,7 @@
 # pgdet/modeling/pg/dense_policy_gradient.py: PGFCOS = detectron2's FCOS + the PG term on
 # loss_fcos_cls; D = FCOS's own inference, the policy = sigmoid of the class logit), as a
 # LazyConfig: detectron2 has FCOS only as a LazyConfig model. Train with lazy_train_net.py:
-#   python lazy_train_net.py --config-file configs/lazy/pg_fcos_R_50_FPN_1x.py --num-gpus 8 \
+#   python lazy_train_net.py --config-file pgdet/configs/lazy/pg_fcos_R_50_FPN_1x.py --num-gpus 8 \
 #       train.init_checkpoint=<your FCOS R50-FPN 1x model_final.pth>
 #
 # Model, data (coco_2017_train -> coco_2017_val), input, optimizer: detectron2's own

@@ -1,7 +1,8 @@
 # PG fine-tuning of detectron2's "new baselines" Mask R-CNN R50-FPN 100ep LSJ (box AP 44.6,
 # mask AP 40.3 in detectron2's MODEL_ZOO.md), as a LazyConfig, starting from that model's final
 # weights. Train with lazy_train_net.py:
-#   python lazy_train_net.py --config-file configs/lazy/pg_mask_rcnn_R_50_FPN_100ep_LSJ.py --num-gpus 8
+#   python lazy_train_net.py --config-file pgdet/configs/lazy/pg_mask_rcnn_R_50_FPN_100ep_LSJ.py \
+#       --num-gpus 8
 #
 # Model, data (coco_2017_train -> coco_2017_val, large-scale jitter at 1024 px), optimizer and
 # AMP: detectron2's own new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py, loaded from the installed
