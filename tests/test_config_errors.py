@@ -81,9 +81,11 @@ def test_invalid_options_fail_at_build_time(opts, key):
     assert key in str(e.value)
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
+class LogMessages(logging.Handler):
+    """Collects the messages logged at `level` or above (what a user sees in the log)."""
+
+    def __init__(self, level=logging.WARNING):
+        super().__init__(level)
         self.messages = []
 
     def emit(self, record):
@@ -95,7 +97,7 @@ def test_pg_stage_without_weights_warns_loudly(tmp_path):
         config_file=DEMO, eval_only=False, resume=False, num_gpus=1, machine_rank=0,
         opts=["MODEL.PG.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)],
     )
-    collect = _Collect()
+    collect = LogMessages()
     logging.getLogger("pgdet").addHandler(collect)  # setup_logger stops propagation to root
     try:
         setup(args)

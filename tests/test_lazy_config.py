@@ -22,6 +22,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from omegaconf import DictConfig, ListConfig
+from test_config_errors import LogMessages
 from test_coco_json import write_tiny_coco
 from test_pg_loss import _coco_ap
 
@@ -271,17 +272,8 @@ def test_misspelled_lazy_override_names_the_nearest_key(config, override, neares
     assert f"Did you mean {nearest}" in message and "\n" not in message
 
 
-class _Messages(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def _start_messages(setup_run, args):
-    collect = _Messages()
+    collect = LogMessages(logging.INFO)
     logging.getLogger("pgdet").addHandler(collect)  # setup_logger stops propagation to root
     try:
         setup_run(args)
