@@ -1,7 +1,7 @@
 """Datasets: the generated demo, the VOC loader on real BCCD, and the errors for bad input.
 
 Oracles: raw bytes on disk, pycocotools' COCO reader and COCOeval (perfect predictions must score
-AP 100), torchvision's box_iou, the BCCD statistics in /work/shared/data/README.md, boxes copied
+AP 100), torchvision's box_iou, the BCCD statistics in shared/data/README.md (beside the project), boxes copied
 by hand from BCCD's XML, and detectron2's own DatasetMapper.
 """
 import json
@@ -25,7 +25,8 @@ import pgdet.data as pdata
 from pgdet.config import add_pgdet_config
 from pgdet.data import demo
 
-BCCD = "/work/shared/data/bccd/BCCD"
+BCCD = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data",
+                                    "bccd", "BCCD"))  # shared/ beside the project
 SMALL = dict(num_train=4, num_val=2, image_size=96)
 
 

@@ -5,8 +5,8 @@ in the config, and input checks.
 under the default cache root (nothing is generated until first loaded). A config selects other datasets through:
 
     DATASETS.DEMO.ROOT / DATASETS.DEMO.SEED   where and with which seed the demo is generated
-    DATASETS.VOC_DIRS: ["bccd_trainval:/work/shared/data/bccd/BCCD:trainval",
-                        "bccd_test:/work/shared/data/bccd/BCCD:test"]
+    DATASETS.VOC_DIRS: ["bccd_trainval:/data/bccd/BCCD:trainval",
+                        "bccd_test:/data/bccd/BCCD:test"]
     DATASETS.COCO_JSONS: ["mydata_train:/data/mydata/train.json:/data/mydata/images"]
 
 and the trainer calls :func:`register_datasets_from_cfg` then
@@ -59,7 +59,7 @@ def parse_voc_dir_entry(entry: str):
     if not (sep and sep2 and name and dirname and split):
         raise DatasetConfigError(
             f"DATASETS.VOC_DIRS entry {entry!r} is not 'name:dir:split', "
-            "e.g. 'bccd_test:/work/shared/data/bccd/BCCD:test'."
+            "e.g. 'bccd_test:/data/bccd/BCCD:test'."
         )
     return name, dirname, split
 
