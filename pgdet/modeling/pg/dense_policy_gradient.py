@@ -102,12 +102,13 @@ def dense_detections(anchors: List[Boxes], scores: List[torch.Tensor],
     boxes, top_scores, classes, sources = (cat(x) for x in (boxes, top_scores, classes, sources))
     keep = batched_nms(boxes, top_scores, classes, inference.nms_thresh)
     keep = keep[: inference.max_detections]
-    kept_boxes = Boxes(boxes[keep])
+    nms_boxes = boxes[keep]
+    kept_boxes = Boxes(nms_boxes.clone())
     kept_boxes.clip(image_size)
     nonempty = kept_boxes.nonempty()
     detections = Instances(image_size, pred_boxes=kept_boxes[nonempty],
                            scores=top_scores[keep][nonempty], pred_classes=classes[keep][nonempty])
-    return detections, sources[keep][nonempty], boxes[keep][nonempty]
+    return detections, sources[keep][nonempty], nms_boxes[nonempty]
 
 
 def _dense_images(anchors, scores, deltas, gt_labels, targets, image_sizes, box2box_transform,

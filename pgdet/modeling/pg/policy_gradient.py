@@ -144,7 +144,6 @@ class PGImage(NamedTuple):
     cross-entropy towards its label), an (anchor, class) logit of a one-stage one. The reward
     only needs, per image, D and the candidates with the slot each belongs to.
 
-
     Two roles that one number plays in a two-stage detector are separate fields, because a
     detector may split them: the policy p_b (the Bernoulli draws, the ``reinforce`` factor) and
     the test-time score that ranks b against D's boxes (NMS suppression, order inside every set,
