@@ -24,11 +24,10 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
-from ..configs import ConfigNotFoundError, resolve_config_file
 from ..data import check_datasets_exist
 from ..modeling import PGFastRCNNOutputLayers, PGROIHeads
 from .checkpoint import PGCheckpointer
-from .setup import ConfigError
+from .setup import config_path
 from .trainer import ReseedHook, create_ddp, default_device, resolve_seed
 
 logger = logging.getLogger("pgdet")
@@ -38,11 +37,7 @@ def load_lazy_config(config_file: str, opts=()):
     """``config_file`` (a path or the name of a config pgdet ships, pgdet/configs) with the
     ``key=value`` overrides, its seed resolved and its device available (see the module
     docstring); the processes of a run must all call this."""
-    try:
-        config_file = resolve_config_file(config_file)
-    except ConfigNotFoundError as e:
-        raise ConfigError(str(e)) from None
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_path(config_file)), list(opts))
     if str(cfg.train.device).startswith("cuda") and default_device() == "cpu":
         logger.info("No GPU visible: running on CPU%s.", " without AMP" * cfg.train.amp.enabled)
         cfg.train.device = "cpu"

@@ -16,6 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..engine.checkpoint import PGCheckpointer
 from ..engine.entry import launch_main
+from ..engine.setup import config_path
 from ..engine.lazy import (
     build_lazy_model, check_lazy_datasets, do_test, do_train, load_lazy_config,
 )
@@ -23,6 +24,8 @@ from ..engine.trainer import create_ddp
 
 
 def main(args):
+    # a config given by name: its file, which detectron2's default_setup reads to log it
+    args.config_file = config_path(args.config_file)
     cfg = load_lazy_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="pgdet")
