@@ -2,11 +2,12 @@
 every name, the YAML ones with their _BASE_ chains, a LazyConfig file, and a user's YAML that
 inherits one by ``pgdet://<name>``. The oracle for the names is the config folder walked here."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pgdet.configs import ConfigNotFoundError, config_names, get_config_file
-from pgdet.engine import ConfigError, build_cfg
+from pgdet.engine import ConfigError, build_cfg, setup
 from pgdet.engine.lazy import load_lazy_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pgdet" / "configs"
@@ -49,3 +50,17 @@ def test_unknown_name_is_one_line_with_close_names():
     with pytest.raises(ConfigError) as e:
         build_cfg("no/such/config.yaml")
     assert "\n" not in str(e.value) and "no/such/config.yaml" in str(e.value)
+
+
+def test_training_set_up_by_name_from_any_folder(tmp_path, monkeypatch):
+    """pgdet-train's set-up with a config name: detectron2's default_setup reads and logs the
+    file that args.config_file names, so the name must become that file."""
+    monkeypatch.chdir(tmp_path)
+    name = "demo/frcnn_MobileNetV2_FPN_demo.yaml"
+    args = SimpleNamespace(config_file=name, eval_only=True, resume=False, num_gpus=1,
+                           machine_rank=0, opts=["OUTPUT_DIR", str(tmp_path / "out")])
+    cfg = setup(args)
+    assert args.config_file == str(CONFIG_DIR / name)
+    assert cfg == build_cfg(str(CONFIG_DIR / name), ["OUTPUT_DIR", str(tmp_path / "out")])
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert f"Contents of args.config_file={CONFIG_DIR / name}" in log

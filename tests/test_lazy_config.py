@@ -233,7 +233,9 @@ def _polygons_to_rle(json_file):
         json.dump(data, f)
 
 
-def test_two_training_iterations_through_lazy_train_net(tmp_path):
+def test_two_training_iterations_through_lazy_train_net(tmp_path, monkeypatch):
+    """The config named as a user of an installed pgdet names it, from another folder."""
+    monkeypatch.chdir(tmp_path)
     write_tiny_coco(str(tmp_path))
     for split in ("train", "val"):
         _polygons_to_rle(tmp_path / f"{split}.json")
@@ -245,7 +247,8 @@ def test_two_training_iterations_through_lazy_train_net(tmp_path):
     spec.loader.exec_module(lazy_train_net)
     out = tmp_path / "out"
     args = default_argument_parser().parse_args([
-        "--config-file", LAZY, *SMALL, "train.max_iter=2", f"train.output_dir={out}",
+        "--config-file", "lazy/pg_mask_rcnn_R_50_FPN_100ep_LSJ.py", *SMALL, "train.max_iter=2",
+        f"train.output_dir={out}",
         "dataloader.train.dataset.names=lazy_train", "dataloader.test.dataset.names=lazy_val"])
     lazy_train_net.main(args)
     records = [json.loads(line) for line in (out / "metrics.json").open()]

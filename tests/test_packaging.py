@@ -46,7 +46,7 @@ def test_console_script_target_runs_help_from_any_folder(script, tmp_path):
     code = (f"import sys; sys.argv = [{script!r}, '--help']; from {module} import {function}; "
             f"sys.exit({function}())")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_outside_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"usage: {script} ")
     assert "config" in done.stdout

@@ -30,12 +30,12 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from ..config_error import ConfigError
-from ..configs import ConfigNotFoundError, resolve_config_file
 from ..data import check_datasets_exist
 from ..modeling import PGFastRCNNOutputLayers, PGROIHeads
 from ..modeling.pg.pg_options import PGOptions
 from .checkpoint import PGCheckpointer
 from .lazy_keys import check_override_keys, missing_keys
+from .setup import config_path
 from .start_checks import (
     check_weights, log_device, resumes_from_checkpoint, warn_pg_without_weights,
 )
@@ -49,10 +49,7 @@ def load_lazy_config(config_file: str, opts=()):
     """``config_file`` (a path or the name of a config pgdet ships, pgdet/configs) with the
     ``key=value`` overrides, its seed resolved and its device available (see the module
     docstring); the processes of a run must all call this."""
-    try:
-        config_file = resolve_config_file(config_file)
-    except ConfigNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    config_file = config_path(config_file)
     cfg = LazyConfig.load(config_file)
     unknown = missing_keys(cfg, opts)
     cfg = LazyConfig.apply_overrides(cfg, list(opts))
@@ -67,7 +64,9 @@ def load_lazy_config(config_file: str, opts=()):
 
 def lazy_setup(args):
     """Config + logging + checks of a ``lazy_train_net.py`` run, as ``setup(args)`` of
-    train_net.py: the datasets its data loaders read and its initial weights."""
+    train_net.py: the datasets its data loaders read and its initial weights. A config given by
+    name is replaced by its file in `args`, which detectron2's ``default_setup`` reads to log it."""
+    args.config_file = config_path(args.config_file)
     cfg = load_lazy_config(args.config_file, args.opts)
     if args.eval_only and cfg.dataloader.get("evaluator") is None:
         raise ConfigError("--eval-only with dataloader.evaluator null would evaluate nothing: "

@@ -57,6 +57,15 @@ def _type_error(error, source):
                        f"got the {got} {value}.{hint}")
 
 
+def config_path(path_or_name: str) -> str:
+    """The file of a config given by path or by the name of a config pgdet ships (pgdet/configs);
+    a ConfigError naming the closest names otherwise."""
+    try:
+        return resolve_config_file(path_or_name)
+    except ConfigNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
+
 def build_cfg(config_file: str = "", opts=()):
     """The run's config: detectron2 defaults + pgdet keys + `config_file` + `opts`, not frozen.
 
@@ -67,10 +76,7 @@ def build_cfg(config_file: str = "", opts=()):
     """
     cfg = get_pgdet_cfg()
     if config_file:
-        try:
-            config_file = resolve_config_file(config_file)
-        except ConfigNotFoundError as e:
-            raise ConfigError(str(e)) from None
+        config_file = config_path(config_file)
         try:
             cfg.merge_from_file(config_file)
         except (ModelZooConfigNotFoundError, ConfigNotFoundError) as e:
@@ -94,7 +100,11 @@ def build_cfg(config_file: str = "", opts=()):
 
 def setup(args):
     """Config + logging + checks of a ``train_net.py`` run (STYLE.md's ``setup(args)``): the
-    datasets it uses (pgdet/data/checks.py) and its initial weights (start_checks.py)."""
+    datasets it uses (pgdet/data/checks.py) and its initial weights (start_checks.py). A config
+    given by name is replaced by its file in `args`, which detectron2's
+    ``default_setup`` reads to log it."""
+    if args.config_file:
+        args.config_file = config_path(args.config_file)
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     if args.eval_only and not cfg.DATASETS.TEST:
