@@ -58,16 +58,21 @@ With P processes the dataset of a reward is N images of that process, a sample l
 
 **Computation.** Per image b, the other images' detections (the *context*: memory ∪ other batch
 D, sorted once) and b's pool of boxes are merged in class-major, score-descending order, the
-same for all of b's sets S; each set only switches pool entries on or off and sets their TPs.
-For a class c and threshold t, COCOeval answers recall point r with the envelope (suffix
-maximum) of precision at the first TP whose recall reaches r, i.e. at the k_r-th TP, k_r the
-least k >= 1 with k / npig_c >= r in float64. Precision at a TP is (TPs so far) / (detections
-so far); for a context TP both are its context counts (computed once per image) plus the set's
-pool entries before it, one gather from the set's cumulative sums. So the work per set and
-threshold runs over the context's TPs and the pool only, as one [B, S, T, L] tensor, and the 101
-k_r-th TPs of each class are found by one ``searchsorted``. Only classes that some set of b holds
-(b's *touched* classes) differ between its sets; every other class contributes its AP over
-memory ∪ batch at D, computed once per batch. Host syncs: a few sizes per call, independent of S.
+same for all of b's sets; a set only switches pool entries on or off and sets their TPs. For a
+class c and threshold t, COCOeval answers recall point r with the envelope (suffix maximum) of
+precision at the first TP whose recall reaches r: the k_r-th TP, k_r the least k >= 1 with
+k / npig_c >= r in float64. Precision at a TP is (TPs so far) / (detections so far); for a
+context TP both are its context counts plus the set's pool entries of the class before it, which
+are the same for a whole *run* of context TPs between two pool entries. So precisions and their
+suffix maxima are computed once per distinct (run, offsets), and per set only the runs and pool
+entries remain (a few dozen *units*), among which one ``searchsorted`` finds each k_r-th TP;
+sets that treat a class's units alike share its sum. Only classes that some set of b holds (its
+*touched* classes) differ between its sets; any other class contributes its AP over memory ∪
+batch at D, computed once per batch. Cost grows with the context TPs times the distinct
+offsets of a run (a few for ``swap`` and leave-one-out sets) plus the sets times 101 recall
+points per touched class and threshold; host syncs: a few sizes per call, not per set.
+The estimators take the rewards as float32, like image_ap's: near AP 0.5 that resolves changes
+of about 6e-8.
 """
 from typing import NamedTuple
 
@@ -232,81 +237,123 @@ def _class_ap_sums(context: ScoredDetections, matches: SetMatches, classes: torc
 
     The context TPs between two consecutive pool entries of a class (a *run*) all see the same
     set-dependent offsets: α pool detections and β pool TPs of the class before them, so their
-    precisions (m + β) / (n + α) and suffix maximum are computed once per distinct (run, α, β),
-    not once per set: sets mostly differ from D in a box or two, so a run has few distinct
-    offsets. Per set and threshold only *units* remain (runs and pool entries, in merged order):
-    their TP counts, their precision maxima, and the maximum over later units of the class.
+    precisions (m + β) / (n + α) and suffix maximum are computed once per distinct (run, α, β)
+    (a *combo*), not once per set: sets mostly differ from D in a box or two, so a run has few
+    distinct offsets. Per set and threshold only *units* remain (runs and pool entries, in
+    merged order): their TP counts, their precision maxima, and the maximum over later units of
+    the class. Sets whose units of a class are the same share that class's sum.
     """
     B, S, T, N = matches.tp.shape
-    C = classes.shape[1]
     K = len(npig)
-    device = matches.tp.device
     merged = _merge(context, matches, own)
-    listed = torch.zeros((B, K + 1), dtype=torch.bool, device=device)
+    listed = torch.zeros((B, K + 1), dtype=torch.bool, device=npig.device)
     listed.scatter_(1, torch.where(classes >= 0, classes, K), True)
     listed[:, K] = False  # column K: padding
     listed_at = listed.gather(1, torch.where(merged.classes >= 0, merged.classes, K))  # [B, P]
     # per set, the pool entries (class-major) so far and their TPs: [B, S, N + 1], [B, S, T, N + 1]
     active_sum = torch.nn.functional.pad(matches.active.long().cumsum(2), (1, 0))
     tp_sum = torch.nn.functional.pad(matches.tp.long().cumsum(3), (1, 0))
-
     runs = _runs(merged, listed_at)
-    # the offsets of each run in each set [R, S]; distinct (run, α, β) = combos
+    combos = _combos(runs, active_sum, tp_sum)
+    units = _units(runs, merged, listed_at, T)
+    values = _unit_values(units, runs, combos, merged, matches, active_sum, tp_sum)
+    return _sum_by_configuration(values, units, classes, answered, combos)
+
+
+class _Combos(NamedTuple):
+    """The distinct (run, α, β) of a batch's sets, plus a padding combo (no TPs, maximum 0) at
+    index X for the units that are no run: envelope [Y + 1] (each combo's precision suffix
+    maximum, combos one after the other), offset [X + 1] (where each starts), maximum [X + 1],
+    of [R + 1, S] (the combo of each run in each set; row R: padding)."""
+
+    envelope: torch.Tensor
+    offset: torch.Tensor
+    maximum: torch.Tensor
+    of: torch.Tensor
+
+
+def _combos(runs: "_Runs", active_sum, tp_sum) -> _Combos:
+    N = active_sum.shape[2] - 1
+    device = active_sum.device
+    # the offsets of each run in each set [R, S]
     alpha = active_sum[runs.image, :, runs.upto] - active_sum[runs.image, :, runs.start]
     beta = (tp_sum[runs.image, :, runs.threshold, runs.upto]
             - tp_sum[runs.image, :, runs.threshold, runs.start])
     base = N + 1
     combo, combo_of = torch.unique((torch.arange(len(runs.first), device=device).view(-1, 1)
                                     * base + alpha) * base + beta, return_inverse=True)
-    combo_run, combo_alpha, combo_beta = combo // (base * base), combo // base % base, combo % base
-    # every combo's context TPs: precision and suffix maximum within the combo
-    length = runs.length[combo_run]
+    run, combo_alpha, combo_beta = combo // (base * base), combo // base % base, combo % base
+    # every combo's context TPs (index_select: CPU advanced indexing is several times slower)
+    length = runs.length.index_select(0, run)
     offset = length.cumsum(0) - length
     of = torch.repeat_interleave(torch.arange(len(combo), device=device), length)
-    # (index_select: CPU advanced indexing is several times slower)
-    element = (runs.first.index_select(0, combo_run).index_select(0, of)
+    element = (runs.first.index_select(0, run).index_select(0, of)
                + torch.arange(len(of), device=device) - offset.index_select(0, of))
     precision = ((runs.tps.index_select(0, element) + combo_beta.index_select(0, of)).double()
                  / ((runs.count.index_select(0, element)
                      + combo_alpha.index_select(0, of)).double() + _EPS))
-    # a padding combo (index len(combo)) for the units that are no run: no TPs, maximum 0
-    combo_envelope = torch.nn.functional.pad(_segment_suffix_max(precision, of), (0, 1))
-    combo_offset = torch.nn.functional.pad(offset, (0, 1), value=len(of))
-    combo_max = combo_envelope.index_select(0, combo_offset)
-    combo_of = torch.nn.functional.pad(combo_of, (0, 0, 0, 1), value=len(combo))  # [R + 1, S]
-    run_length = torch.nn.functional.pad(runs.length, (0, 1))
+    envelope = torch.nn.functional.pad(_segment_suffix_max(precision, of), (0, 1))
+    offset = torch.nn.functional.pad(offset, (0, 1), value=len(of))
+    return _Combos(envelope, offset, envelope.index_select(0, offset),
+                   torch.nn.functional.pad(combo_of, (0, 0, 0, 1), value=len(combo)))
 
-    units = _units(runs, merged, listed_at, T)
+
+class _UnitValues(NamedTuple):
+    """Per image, set, threshold and unit [B, S, T, U]: classes, is_run, combo (runs'),
+    tps (the unit's TPs), tps_upto (the class's TPs up to the unit, inclusive), maximum (its
+    highest precision), later (the envelope after it, < 0 past its class) and signature (what
+    the set makes of the unit: its combo, or the pool entry's activity and TP)."""
+
+    classes: torch.Tensor
+    is_run: torch.Tensor
+    combo: torch.Tensor
+    tps: torch.Tensor
+    tps_upto: torch.Tensor
+    maximum: torch.Tensor
+    later: torch.Tensor
+    signature: torch.Tensor
+
+
+def _unit_values(units: "_Units", runs: "_Runs", combos: _Combos, merged: _Merged,
+                 matches: SetMatches, active_sum, tp_sum) -> _UnitValues:
+    B, S, T, N = matches.tp.shape
     U = units.kind.shape[2]
     shape = (B, S, T, U)
     is_run = (units.kind == 1).unsqueeze(1).expand(shape)
     run_ref = torch.where(units.kind == 1, units.ref, len(runs.first)).unsqueeze(1).expand(shape)
     pool_ref = torch.where(units.kind == 2, units.ref, N).unsqueeze(1).expand(shape)
-    unit_combo = combo_of.take(run_ref * S + torch.arange(S, device=device).view(1, S, 1, 1))
-    pool_tps = torch.nn.functional.pad(matches.tp.long(), (0, 1))  # column N: not a pool unit
+    combo = combos.of.take(run_ref * S + torch.arange(S, device=run_ref.device).view(1, S, 1, 1))
+    pool_tps = torch.nn.functional.pad(matches.tp.long(), (0, 1)).gather(3, pool_ref)
     pool_prec = torch.nn.functional.pad(_pool_precision(merged, matches, active_sum, tp_sum),
-                                        (0, 1))  # [B, S, T, N + 1]
-    unit_tps = torch.where(is_run, run_length.take(run_ref), pool_tps.gather(3, pool_ref))
-    unit_max = torch.where(is_run, combo_max.take(unit_combo), pool_prec.gather(3, pool_ref))
-    unit_classes = units.classes.unsqueeze(1).expand(shape)
+                                        (0, 1))  # [B, S, T, N + 1]; column N: not a pool unit
+    tps = torch.where(is_run, torch.nn.functional.pad(runs.length, (0, 1)).take(run_ref),
+                      pool_tps)
+    maximum = torch.where(is_run, combos.maximum.take(combo), pool_prec.gather(3, pool_ref))
+    classes = units.classes.unsqueeze(1).expand(shape)
     class_start = torch.searchsorted(units.classes, units.classes).unsqueeze(1)
-    tps_upto = _segment_cumsum_counts(unit_tps, class_start)  # TPs of the class up to the unit
-    shift = 2.0 * unit_classes.double()
+    shift = 2.0 * classes.double()
     later = torch.nn.functional.pad(
-        (unit_max - shift).flip(-1).cummax(-1).values.flip(-1)[..., 1:], (0, 1),
-        value=-float("inf")) + shift  # the envelope after each unit, < 0 past its class
-
-    # per (image, listed class, threshold, set) the class's configuration: the combos of its
-    # runs, the activity and TP of its pool entries. Sets of the same one share its AP sum.
+        (maximum - shift).flip(-1).cummax(-1).values.flip(-1)[..., 1:], (0, 1),
+        value=-float("inf")) + shift
     pool_active = torch.nn.functional.pad(matches.active.long(), (0, 1)).unsqueeze(2).expand(
         B, S, T, N + 1).gather(3, pool_ref)
-    signature = torch.where(is_run, unit_combo, -1 - 2 * pool_active - pool_tps.gather(3, pool_ref))
+    return _UnitValues(classes, is_run, combo, tps, _segment_cumsum_counts(tps, class_start),
+                       maximum, later, torch.where(is_run, combo, -1 - 2 * pool_active - pool_tps))
+
+
+def _sum_by_configuration(values: _UnitValues, units: "_Units", classes: torch.Tensor,
+                          answered: torch.Tensor, combos: _Combos) -> torch.Tensor:
+    """[B, S, C] the AP sums, computed once per distinct (image, listed class, threshold,
+    signatures of the class's units) and shared by the sets that have it."""
+    B, S, T, U = values.classes.shape
+    C = classes.shape[1]
+    device = classes.device
     pair_image, pair_slot = torch.nonzero(classes >= 0, as_tuple=True)  # V (image, class) pairs
     V = len(pair_image)
     pair_class = classes[pair_image, pair_slot]
     in_class = units.classes.index_select(0, pair_image) == pair_class.view(V, 1, 1)  # [V, T, U]
     rows = torch.where(in_class.unsqueeze(2),
-                       signature.index_select(0, pair_image).transpose(1, 2), -(1 << 62))
+                       values.signature.index_select(0, pair_image).transpose(1, 2), -(1 << 62))
     ids = torch.stack(torch.meshgrid(torch.arange(V, device=device), torch.arange(T, device=device),
                                      indexing="ij"), -1).view(V, T, 1, 2).expand(V, T, S, 2)
     rows = torch.cat([ids, rows], dim=3).view(V * T * S, U + 2)  # (pair, threshold) first
@@ -314,26 +361,24 @@ def _class_ap_sums(context: ScoredDetections, matches: SetMatches, classes: torc
     first_set = torch.full((len(distinct),), S, dtype=torch.long, device=device).scatter_reduce(
         0, config, torch.arange(S, device=device).repeat(V * T), "amin")
     pair, threshold = distinct[:, 0], distinct[:, 1]
-    config_class = pair_class.index_select(0, pair)
     row = (pair_image.index_select(0, pair) * S + first_set) * T + threshold  # [Q] into B*S*T
 
     def rows_of(x):  # [B, S, T, U] -> [Q, U]
         return x.reshape(B * S * T, U).index_select(0, row)
 
     sums = _answer_recall_points(
-        config_class, answered, rows_of(unit_classes), rows_of(tps_upto), rows_of(unit_tps),
-        rows_of(is_run), rows_of(unit_combo), rows_of(unit_max), rows_of(later), combo_envelope,
-        combo_offset)  # [Q]
-    per_pair = sums.index_select(0, config).view(V, T, S).sum(1)  # [V, S]
+        pair_class.index_select(0, pair), answered, rows_of(values.classes),
+        rows_of(values.tps_upto), rows_of(values.tps), rows_of(values.is_run),
+        rows_of(values.combo), rows_of(values.maximum), rows_of(values.later), combos)  # [Q]
     out = torch.zeros((B, C, S), dtype=torch.float64, device=device)
-    out[pair_image, pair_slot] = per_pair
+    out[pair_image, pair_slot] = sums.index_select(0, config).view(V, T, S).sum(1)
     return out.transpose(1, 2)
 
 
 def _answer_recall_points(classes, answered, unit_classes, tps_upto, unit_tps, is_run,
-                          unit_combo, unit_max, later, combo_envelope, combo_offset):
+                          unit_combo, unit_max, later, combos: _Combos) -> torch.Tensor:
     """[Q] float64: Σ over recall points of the precision envelope of class ``classes`` [Q] in
-    each of Q (threshold, set) rows of units [Q, U] (see :func:`_class_ap_sums`)."""
+    each of Q (threshold, set) rows of units [Q, U] (see :class:`_UnitValues`)."""
     U = unit_classes.shape[1]
     # the k_r-th TP of the class: its unit by the key class << bits | TPs so far
     key = (unit_classes << _K_BITS) | tps_upto  # non-decreasing along U
@@ -343,8 +388,8 @@ def _answer_recall_points(classes, answered, unit_classes, tps_upto, unit_tps, i
     hit = (found_key >= target) & ((found_key >> _K_BITS) == classes.unsqueeze(1))
     # in a run, its TP number within the run picks the combo's envelope
     within = (target & ((1 << _K_BITS) - 1)) - (tps_upto - unit_tps).gather(1, found) - 1
-    in_run = combo_envelope.take((combo_offset.take(unit_combo.gather(1, found)) + within).clamp(
-        0, len(combo_envelope) - 1))
+    in_run = combos.envelope.take((combos.offset.take(unit_combo.gather(1, found)) + within)
+                                  .clamp(0, len(combos.envelope) - 1))
     own_value = torch.where(is_run.gather(1, found), in_run, unit_max.gather(1, found))
     return torch.where(hit, torch.maximum(own_value, later.gather(1, found)), 0.0).sum(1)
 
