@@ -73,6 +73,16 @@ def add_pgdet_config(cfg):
     # Beyond the paper: "none", or "image_max" = divide each image's advantages by their largest
     # magnitude (|A| <= 1 on any dataset; with REWARD_SCALE < GAMMA every weight stays positive).
     _C.MODEL.PG.ADVANTAGE_NORM = "none"
+    # Beyond the paper: what a detection set's reward is. "image" (the paper): its image's own
+    # COCO AP, which a detection of a class absent from the image never changes. "dataset": the
+    # COCO AP of a dataset made of the last REWARD_MEMORY_IMAGES training images (their D,
+    # per process) and the batch, the other images at their D (pgdet/modeling/pg/
+    # dataset_reward.py). Advantages then shrink about as 1 / (images in it): scale REWARD_SCALE
+    # or use ADVANTAGE_NORM image_max.
+    _C.MODEL.PG.REWARD_SCOPE = "image"
+    # Past training images whose D the "dataset" reward ranks each detection among (0: the
+    # batch alone); the cost of the reward grows with it.
+    _C.MODEL.PG.REWARD_MEMORY_IMAGES = 500
     # Cascade R-CNN (MODEL.ROI_HEADS.NAME PGCascadeROIHeads): whose classifiers get the PG loss.
     # "last" (default): the last stage's only. D, what the cascade outputs at test time, is the
     # stages' mean score on the last stage's boxes, so only the last stage's RoIs (labelled at

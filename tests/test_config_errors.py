@@ -64,6 +64,8 @@ def test_train_net_reports_unknown_key_without_traceback():
         (["MODEL.PG.REWARD_ESTIMATOR", "swap", "MODEL.PG.BASELINE", "sampled_mean"],
          "MODEL.PG.BASELINE nms"),
         (["MODEL.PG.ADVANTAGE_NORM", "batch"], "MODEL.PG.ADVANTAGE_NORM"),
+        (["MODEL.PG.REWARD_SCOPE", "batch"], "MODEL.PG.REWARD_SCOPE"),
+        (["MODEL.PG.REWARD_MEMORY_IMAGES", "-1"], "MODEL.PG.REWARD_MEMORY_IMAGES"),
         (["MODEL.PG.SUPPRESSOR_CREDIT", "True"], "MODEL.PG.REWARD_ESTIMATOR swap"),
         (["MODEL.PG.REWARD_ESTIMATOR", "reinforce", "MODEL.PG.NUM_SAMPLES", "1"],
          "MODEL.PG.NUM_SAMPLES must be >= 2"),

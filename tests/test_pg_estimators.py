@@ -19,7 +19,7 @@ from pgdet.config import add_pgdet_config
 from pgdet.modeling import PGROIHeads
 from pgdet.modeling.pg.pg_output_layers import PGFastRCNNOutputLayers
 from pgdet.modeling.pg.policy_gradient import (
-    FROM_GT_FIELD, REWARD_ESTIMATORS, InferenceThresholds, PGSettings, _cap_and_nms,
+    FROM_GT_FIELD, REWARD_ESTIMATORS, InferenceThresholds, PGAdvantages, PGSettings, _cap_and_nms,
     compute_advantages,
 )
 
@@ -370,10 +370,8 @@ def test_negative_weight_share_is_logged(monkeypatch):
     """pg/negative_weight_frac: the share of RoIs whose weight c·A + γ is below 0."""
     images = [_image(4, 30, 51)]
     advantages = torch.linspace(-1, 1, 30)
-    monkeypatch.setattr(pg_output_layers, "compute_advantages", lambda *a, **k: type(
-        "R", (), dict(advantages=advantages, baseline_reward=torch.zeros(1),
-                      sampled_reward=torch.zeros(1, 1),
-                      candidate_mask=torch.ones(30, dtype=torch.bool)))())
+    monkeypatch.setattr(pg_output_layers, "compute_advantages", lambda *a, **k: PGAdvantages(
+        advantages, torch.zeros(1), torch.zeros(1, 1), torch.ones(30, dtype=torch.bool)))
     predictor = PGFastRCNNOutputLayers(_pg_cfg(0), ShapeSpec(channels=8))
     predictor.pg_reward_scale = 2.0
     with EventStorage() as storage:

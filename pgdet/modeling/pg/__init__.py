@@ -1,6 +1,8 @@
 """The method: policy-gradient training of the box classifier (Rao et al. 2018, §3).
 
 - ``reward``: the per-image COCO AP that scores a detection set (SPEC §2);
+- ``dataset_reward``: the dataset AP that scores it instead with ``REWARD_SCOPE dataset``, over
+  ``reward_memory``, the recent training images;
 - ``policy_gradient``: per-box advantages from sampled detection sets (SPEC §1);
 - ``pg_output_layers``: the box predictor whose classification loss is PG-weighted;
 - ``pg_roi_heads``: the registered ROI heads that hand that predictor what it needs;

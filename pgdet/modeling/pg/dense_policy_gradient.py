@@ -60,6 +60,7 @@ from detectron2.utils.events import get_event_storage
 from .pg_options import PGOptions, action_generator, log_pg_stats
 from .pg_output_layers import NonFiniteOutputsError
 from .policy_gradient import PGImage, advantages_of_images
+from .reward_memory import RewardMemory
 
 
 class DenseInference(NamedTuple):
@@ -157,7 +158,8 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
                   deltas: List[torch.Tensor], anchors: List[Boxes],
                   gt_labels: List[torch.Tensor], targets: List[Instances], image_sizes,
                   box2box_transform, inference: DenseInference, options: PGOptions,
-                  normalizer: float, policy: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+                  normalizer: float, policy: Optional[List[torch.Tensor]] = None,
+                  reward_memory: Optional[RewardMemory] = None) -> torch.Tensor:
     """The PG term ``c · Σ A · (−log p) / normalizer`` of a batch, logging ``pg/*``.
 
     log_probs: [N, R, K] log-probabilities of the (anchor, class) Bernoullis, with gradient
@@ -168,7 +170,8 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
         class, background); targets: per image the full ground truth; image_sizes: per image
         (h, w); normalizer: the focal loss's;
     policy: per level [N, A_l, K] the Bernoulli probabilities (exp of `log_probs`) when the
-        inference scores are not them (FCOS); None: the scores are the policy (RetinaNet).
+        inference scores are not them (FCOS); None: the scores are the policy (RetinaNet);
+    reward_memory: the detector's recent images for MODEL.PG.REWARD_SCOPE dataset.
     """
     storage = get_event_storage()
     _check_finite(log_probs.detach(), cat(deltas, dim=1).detach(), storage.iter)
@@ -182,7 +185,7 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
         pg = advantages_of_images(images, options.settings,
                                   action_generator(options.seed, log_probs.device, storage.iter),
                                   log_probs.device, inference.nms_thresh,
-                                  inference.max_detections)
+                                  inference.max_detections, reward_memory)
         advantages = pg.advantages.view_as(log_probs)
         weights = options.reward_scale * pg.advantages[pg.candidate_mask] + options.gamma
     log_pg_stats(storage, pg, weights, time.perf_counter() - start)

@@ -31,6 +31,7 @@ from detectron2.modeling.meta_arch.fcos import FCOS
 
 from .dense_policy_gradient import DenseInference, dense_pg_loss
 from .pg_options import PGOptions, check_pg_options
+from .reward_memory import RewardMemory
 
 
 class PGFCOS(FCOS):
@@ -43,6 +44,8 @@ class PGFCOS(FCOS):
         super().__init__(**kwargs)
         check_pg_options(pg.enabled, pg.gamma, pg.reward_scale, pg.settings, False)
         self.pg = pg
+        # MODEL.PG.REWARD_SCOPE dataset's recent images (not in checkpoints: reward_memory.py)
+        self.pg_reward_memory = RewardMemory(pg.settings.reward_memory_images)
 
     def forward_training(self, images, features, predictions, gt_instances):
         if not self.pg.enabled:
@@ -62,7 +65,7 @@ class PGFCOS(FCOS):
             anchors, gt_labels, gt_instances, images.image_sizes, self.box2box_transform,
             DenseInference(self.test_score_thresh, self.test_topk_candidates,
                            self.test_nms_thresh, self.max_detections_per_image),
-            self.pg, self.loss_normalizer, policy=policy,
+            self.pg, self.loss_normalizer, policy=policy, reward_memory=self.pg_reward_memory,
         )
         losses["loss_fcos_cls"] = self.pg.gamma * losses["loss_fcos_cls"] + pg_term
         return losses

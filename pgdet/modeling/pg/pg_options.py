@@ -9,7 +9,8 @@ import torch
 from detectron2.utils import comm
 
 from ...config_error import raise_if_invalid
-from .policy_gradient import ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, PGSettings
+from .policy_gradient import (ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, REWARD_SCOPES,
+                              PGSettings)
 
 CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascadeROIHeads)
 
@@ -66,6 +67,14 @@ def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_
         problems.append(
             f"MODEL.PG.ADVANTAGE_NORM must be one of {ADVANTAGE_NORMS}, got {settings.advantage_norm!r}"
         )
+    if settings.reward_scope not in REWARD_SCOPES:
+        problems.append(
+            f"MODEL.PG.REWARD_SCOPE must be one of {REWARD_SCOPES}, got {settings.reward_scope!r}"
+        )
+    memory = settings.reward_memory_images
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        problems.append("MODEL.PG.REWARD_MEMORY_IMAGES must be an integer >= 0 (past training "
+                        f"images in the dataset reward), got {memory!r}")
     if cascade_stages is not None and cascade_stages not in CASCADE_STAGES:
         problems.append(
             f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {cascade_stages!r}"
@@ -103,6 +112,8 @@ def _settings_from_cfg(cfg) -> PGSettings:
         kept_box_credit=pg.KEPT_BOX_CREDIT,
         suppressor_credit=pg.SUPPRESSOR_CREDIT,
         advantage_norm=pg.ADVANTAGE_NORM,
+        reward_scope=pg.REWARD_SCOPE,
+        reward_memory_images=pg.REWARD_MEMORY_IMAGES,
     )
 
 
@@ -146,6 +157,8 @@ def log_pg_stats(storage, pg, weights, seconds):
     """Per-iteration PG statistics for the console, metrics.json and TensorBoard.
 
     pg: the PGAdvantages of the batch; weights: the weights c·A + γ of the loss terms.
+    ``pg/absent_class_advantage_frac``: of the slots with a nonzero advantage, the share holding
+    a box of D whose class has no GT in its image.
     """
     if pg.baseline_reward.numel():
         storage.put_scalar("pg/baseline_reward", pg.baseline_reward.mean().item())
@@ -157,6 +170,11 @@ def log_pg_stats(storage, pg, weights, seconds):
             "pg/positive_advantage_frac",
             (pg.advantages[pg.candidate_mask] > 0).float().mean().item(),
         )
+    nonzero = pg.candidate_mask & (pg.advantages != 0)
+    if pg.absent_class_mask is not None and nonzero.any():
+        # the share of the signal that the paper's per-image reward cannot give (always 0 there)
+        storage.put_scalar("pg/absent_class_advantage_frac",
+                           pg.absent_class_mask[nonzero].float().mean().item())
     if weights.numel():
         storage.put_scalar("pg/mean_weight", weights.mean().item())
         storage.put_scalar("pg/negative_weight_frac", (weights < 0).float().mean().item())

@@ -26,6 +26,7 @@ from detectron2.utils.events import get_event_storage
 from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
 from .pg_options import action_generator, check_pg_options, log_pg_stats, pg_options_from_cfg
 from .policy_gradient import InferenceThresholds, PGSettings, compute_advantages
+from .reward_memory import RewardMemory
 
 # The Instances field by which ROI heads give the PG loss the detector's test-time class scores
 # [R_i, K+1] of the RoIs when they are not this predictor's softmax (a cascade averages stages).
@@ -101,6 +102,9 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.pg_reward_scale = pg_reward_scale
         self.pg_settings = pg_settings
         self.pg_seed = pg_seed if pg_seed >= 0 else comm.shared_random_seed()
+        # the recent training images of MODEL.PG.REWARD_SCOPE dataset: a plain attribute, so
+        # not in checkpoints (pgdet/modeling/pg/reward_memory.py says why)
+        self.pg_reward_memory = RewardMemory(pg_settings.reward_memory_images)
         self.soft_nms = soft_nms
 
     @classmethod
@@ -165,6 +169,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 self.pg_settings,
                 self._generator(scores.device, storage.iter),
                 self.inference_thresholds(),
+                self.pg_reward_memory,
             )
             weights = self.pg_reward_scale * pg.advantages + self.pg_gamma
         log_pg_stats(storage, pg, weights, time.perf_counter() - start)

@@ -12,6 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
 from .dense_policy_gradient import DenseInference, dense_pg_loss
 from .pg_options import PGOptions, check_pg_options, pg_options_from_cfg
+from .reward_memory import RewardMemory
 
 
 @META_ARCH_REGISTRY.register()
@@ -26,6 +27,8 @@ class PGRetinaNet(RetinaNet):
         # explicit arguments are checked as the YAML path's (a sigmoid classifier is RetinaNet's)
         check_pg_options(pg.enabled, pg.gamma, pg.reward_scale, pg.settings, False)
         self.pg = pg
+        # MODEL.PG.REWARD_SCOPE dataset's recent images (not in checkpoints: reward_memory.py)
+        self.pg_reward_memory = RewardMemory(pg.settings.reward_memory_images)
 
     @classmethod
     def from_config(cls, cfg):
@@ -50,7 +53,7 @@ class PGRetinaNet(RetinaNet):
             self.box2box_transform,
             DenseInference(self.test_score_thresh, self.test_topk_candidates,
                            self.test_nms_thresh, self.max_detections_per_image),
-            self.pg, self.loss_normalizer,
+            self.pg, self.loss_normalizer, reward_memory=self.pg_reward_memory,
         )
         losses["loss_cls"] = self.pg.gamma * losses["loss_cls"] + pg_term
         return losses

@@ -48,7 +48,11 @@ Options beyond the paper (``MODEL.PG.*``, all off by default):
   −A_b, so both sides of the NMS mistake move;
 - ``ADVANTAGE_NORM image_max``: each image's advantages divided by their largest magnitude, so
   |A| <= 1 whatever the dataset (images with one object, whose AP moves in steps of 1, do not
-  dominate) and ``c < γ`` keeps every weight c·A + γ positive.
+  dominate) and ``c < γ`` keeps every weight c·A + γ positive;
+- ``REWARD_SCOPE dataset``: every set scored by the COCO AP of a dataset (the last
+  ``REWARD_MEMORY_IMAGES`` training images and the batch) instead of its image's AP, so that a
+  detection of a class absent from its image is no longer worth exactly 0
+  (:mod:`pgdet.modeling.pg.dataset_reward`).
 
 A credit for a kept box d is the change in AP from *having* d with its detected class; the loss
 acts on the RoI's cross-entropy towards its label l, so it enters with sign +1 when d's class
@@ -76,11 +80,14 @@ from detectron2.layers import batched_nms
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from .reward import COCO_IOU_THRESHOLDS, image_ap
+from .dataset_reward import dataset_ap
+from .reward import COCO_IOU_THRESHOLDS, image_ap, match_sets
+from .reward_memory import RewardMemory
 
 REWARD_ESTIMATORS = ("joint", "conditional", "reinforce", "swap")
 BASELINES = ("nms", "sampled_mean")
 ADVANTAGE_NORMS = ("none", "image_max")
+REWARD_SCOPES = ("image", "dataset")  # values of MODEL.PG.REWARD_SCOPE
 # The Instances field PGROIHeads sets on sampled RoIs: True for a ground-truth box that
 # detectron2 appended to the proposals (MODEL.ROI_HEADS.PROPOSAL_APPEND_GT).
 FROM_GT_FIELD = "pg_from_gt"
@@ -101,6 +108,8 @@ class PGSettings:
     kept_box_credit: bool = False
     suppressor_credit: bool = False
     advantage_norm: str = "none"
+    reward_scope: str = "image"
+    reward_memory_images: int = 500
 
 
 @dataclass(frozen=True)
@@ -129,12 +138,15 @@ class PGAdvantages:
                      without candidates, which has none: averages skip it).
     candidate_mask:  [R] bool, the RoIs whose advantage the method estimates (foreground RoIs
                      not selected by D; with the credit options also D's RoIs and suppressors).
+    absent_class_mask: [R] bool, the RoIs holding a box of D whose class has no GT in its
+                     image (``pg/absent_class_advantage_frac``); None: not computed.
     """
 
     advantages: torch.Tensor
     baseline_reward: torch.Tensor
     sampled_reward: torch.Tensor
     candidate_mask: torch.Tensor
+    absent_class_mask: Optional[torch.Tensor] = None
 
 
 class PGImage(NamedTuple):
@@ -405,6 +417,7 @@ def compute_advantages(
     settings: PGSettings,
     generator: torch.Generator,
     inference: InferenceThresholds = InferenceThresholds(),
+    reward_memory: Optional[RewardMemory] = None,
 ) -> PGAdvantages:
     """Advantages ``A_b`` for every sampled RoI of a batch of a two-stage detector.
 
@@ -418,17 +431,19 @@ def compute_advantages(
         settings: the PG hyper-parameters.
         generator: random stream for the Bernoulli actions, on the probabilities' device.
         inference: the test-time inference that makes D (the box predictor's thresholds).
+        reward_memory: the recent images of ``reward_scope`` dataset (see advantages_of_images).
     """
     device = probs[0].device if probs else torch.device("cpu")
     return advantages_of_images(
         _roi_images(probs, boxes, proposals, targets, settings, inference), settings, generator,
-        device, inference.nms_thresh, inference.topk_per_image)
+        device, inference.nms_thresh, inference.topk_per_image, reward_memory)
 
 
 @torch.no_grad()
 def advantages_of_images(images: List[PGImage], settings: PGSettings,
                          generator: torch.Generator, device, nms_thresh: float,
-                         detection_cap: int) -> PGAdvantages:
+                         detection_cap: int,
+                         reward_memory: Optional[RewardMemory] = None) -> PGAdvantages:
     """Advantages over the slots of a batch, from each image's D and candidates (steps 3-9):
     the detector-agnostic part that every detector family calls.
 
@@ -437,22 +452,29 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
     ``detection_cap`` are the detector's own test-time NMS threshold and per-image detection
     cap (those that made D), which the actions' NMS and the swap estimator's suppressors and
     sets use: the caller passes its attributes, so no copy of them lives in PGSettings.
+
+    With ``reward_scope`` dataset every set is scored by the dataset AP over ``reward_memory``
+    (the caller's, kept across iterations; None: a memory of this batch only) and the batch
+    (:mod:`pgdet.modeling.pg.dataset_reward`), and then the memory takes the batch's D; images
+    without GT are scored too, their detections being the dataset's false positives.
     """
     advantages = [torch.zeros(image.num_slots, device=device) for image in images]
     estimated = [torch.zeros(image.num_slots, dtype=torch.bool, device=device) for image in images]
     swap = settings.reward_estimator == "swap"
     num_sampled = 1 if swap else settings.num_samples
 
-    per_image = [  # only images with ground truth have a reward
+    absent = torch.cat([_absent_class_slots(image, device) for image in images])
+    dataset_scope = settings.reward_scope == "dataset"
+    per_image = [  # only images with ground truth have an image AP
         _image_sets(i, image, settings, nms_thresh, detection_cap, generator)
-        for i, image in enumerate(images) if len(image.gt) > 0
+        for i, image in enumerate(images) if len(image.gt) > 0 or dataset_scope
     ]
     if not per_image:
         empty = torch.zeros(0, device=device)
         return PGAdvantages(torch.cat(advantages), empty, empty.view(0, num_sampled),
-                            torch.cat(estimated))
+                            torch.cat(estimated), absent)
 
-    rewards = _score_sets(per_image, settings)  # [B', S]
+    rewards = _score_sets(per_image, settings, reward_memory)  # [B', S]
     num_estimator_sets = [len(s.inputs.cand_slot) if swap else settings.num_samples
                           for s in per_image]
     if swap:
@@ -487,13 +509,23 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
         if settings.advantage_norm == "image_max" and len(adv):
             adv /= adv.abs().max().clamp(min=torch.finfo(adv.dtype).tiny)
     return PGAdvantages(
-        torch.cat(advantages), baseline_reward, sampled_reward, torch.cat(estimated)
+        torch.cat(advantages), baseline_reward, sampled_reward, torch.cat(estimated), absent
     )
 
 
-def _score_sets(per_image: List[_ImageSets], settings: PGSettings) -> torch.Tensor:
-    """[B', S_max] AP of every set of every image, in one :func:`image_ap` call (padded sets are
-    empty and padded pool entries belong to no set)."""
+def _absent_class_slots(image: PGImage, device) -> torch.Tensor:
+    """[num_slots] bool: the slots of D's boxes whose class has no GT in the image."""
+    slots = torch.zeros(image.num_slots, dtype=torch.bool, device=device)
+    classes = image.base.pred_classes
+    slots[image.base_slot[~torch.isin(classes, image.gt.gt_classes.to(classes.device))]] = True
+    return slots
+
+
+def _score_sets(per_image: List[_ImageSets], settings: PGSettings,
+                reward_memory: Optional[RewardMemory]) -> torch.Tensor:
+    """[B', S_max] float32 reward of every set of every image, in one :func:`image_ap` call
+    (padded sets are empty and padded pool entries belong to no set), or with ``reward_scope``
+    dataset one :func:`dataset_ap` call on the same sets' matching (set 0 is each image's D)."""
     device = per_image[0].pool_scores.device
     p_max = max(len(s.pool_boxes) for s in per_image)
     g_max = max(len(s.inputs.gt) for s in per_image)
@@ -501,15 +533,19 @@ def _score_sets(per_image: List[_ImageSets], settings: PGSettings) -> torch.Tens
     membership = torch.zeros((len(per_image), s_max, p_max), dtype=torch.bool, device=device)
     for row, sets in enumerate(per_image):
         membership[row, : sets.membership.shape[0], : sets.membership.shape[1]] = sets.membership
-    return image_ap(
+    gt_classes = _pad_stack([s.inputs.gt.gt_classes for s in per_image], g_max, -1)
+    gt_valid = _pad_stack([torch.ones(len(s.inputs.gt), dtype=torch.bool, device=device)
+                           for s in per_image], g_max, False)
+    inputs = (
         _pad_stack([s.pool_boxes for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_scores for s in per_image], p_max, 0.0),
         _pad_stack([s.pool_classes for s in per_image], p_max, -1),
         membership,
         _pad_stack([s.inputs.gt.gt_boxes.tensor for s in per_image], g_max, 0.0),
-        _pad_stack([s.inputs.gt.gt_classes for s in per_image], g_max, -1),
-        _pad_stack([torch.ones(len(s.inputs.gt), dtype=torch.bool, device=device)
-                    for s in per_image], g_max, False),
-        settings.iou_thresholds,
-        settings.max_detections,
+        gt_classes, gt_valid, settings.iou_thresholds, settings.max_detections,
     )
+    if settings.reward_scope == "dataset":
+        memory = RewardMemory(0) if reward_memory is None else reward_memory
+        # float32 as image_ap's: rewards near 0.5 resolve AP changes down to about 6e-8
+        return dataset_ap(match_sets(*inputs), gt_classes, gt_valid, memory).float()
+    return image_ap(*inputs)

@@ -36,11 +36,12 @@ whatever the numbers of boxes, sets and images. CPU note: small tensors make int
 loss on a busy machine; the tests and benchmark use torch.set_num_threads(1).
 """
 import functools
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["COCO_IOU_THRESHOLDS", "image_ap"]
+__all__ = ["COCO_IOU_THRESHOLDS", "SetMatches", "image_ap", "match_sets"]
 
 # COCOeval's IoU thresholds as the floats it compares with (0.8999999999999999, not 0.9).
 COCO_IOU_THRESHOLDS = tuple(np.linspace(0.5, 0.95, 10).tolist())
@@ -81,9 +82,68 @@ def image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classe
     return ap.clone()
 
 
+class SetMatches(NamedTuple):
+    """COCOeval's per-image matching of every detection set, class-major as in :func:`image_ap`:
+    what a reward over several images (:mod:`pgdet.modeling.pg.dataset_reward`) needs.
+
+    classes [B, N] int64 ascending (padding's class, -1, first), scores within a class descending
+    (ties in pool order); order [B, N]: the pool index of each position; active [B, S, N] bool:
+    the position's detection is in set s and within its class's ``max_dets`` best; tp [B, S, T, N]
+    bool: it matched a GT at threshold t (true positive).
+    """
+
+    classes: torch.Tensor
+    scores: torch.Tensor
+    order: torch.Tensor
+    active: torch.Tensor
+    tp: torch.Tensor
+
+
+def match_sets(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes, gt_valid,
+               iou_thresholds, max_dets=100) -> SetMatches:
+    """The matching behind :func:`image_ap` (same arguments), as true-positive flags per set,
+    threshold and detection; images without valid GT have none."""
+    B, S, N = membership.shape
+    T = len(iou_thresholds)
+    device = det_scores.device
+    thresholds, lowest = _thresholds(iou_thresholds, device)
+    with torch.inference_mode():
+        match = _match(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes,
+                       gt_valid, thresholds, lowest, max_dets)
+        tp = torch.zeros((B, S, T, N + 1), dtype=torch.bool, device=device)
+        if match.winner is not None:  # its column G is scratch; unmatched GTs point at N
+            tp.scatter_(3, match.winner[..., :gt_classes.shape[1]], True)
+        found = SetMatches(match.classes, det_scores.gather(1, match.order), match.order,
+                           match.active, tp[..., :N])
+    return SetMatches(*(x.clone() for x in found))
+
+
+class _Matching(NamedTuple):
+    """_match's result: class-major ``classes`` / ``order`` [B, N], ``active`` [B, S, N],
+    ``rank`` [B, S, N] float64, ``class_start`` [B, N] and ``winner`` [B, S, T, G + 1] (None
+    without GT slots)."""
+
+    classes: torch.Tensor
+    order: torch.Tensor
+    active: torch.Tensor
+    rank: torch.Tensor
+    class_start: torch.Tensor
+    winner: Optional[torch.Tensor]
+
+
 def _image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes, gt_valid,
               thresholds, lowest, max_dets):
     """image_ap's computation; thresholds [T, 1] float64 with minimum ``lowest``."""
+    match = _match(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes,
+                   gt_valid, thresholds, lowest, max_dets)
+    G = gt_classes.shape[1]
+    return _average_precision(match.winner[..., :G], match.rank, match.class_start, gt_classes,
+                              gt_valid)
+
+
+def _match(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes, gt_valid,
+           thresholds, lowest, max_dets) -> _Matching:
+    """COCOeval's greedy matching of every set (see the module docstring)."""
     B, S, N = membership.shape
     G = gt_classes.shape[1]
 
@@ -97,6 +157,8 @@ def _image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_class
     rank = _segment_cumsum(member, class_start.unsqueeze(1))  # [B, S, N] float64, 1-based
     active = member & (rank <= max_dets) if N > max_dets else member  # COCOeval's maxDets cap
 
+    if G == 0 or N == 0:
+        return _Matching(classes, order, active, rank, class_start, None)
     same_class = (classes.unsqueeze(2) == gt_classes.unsqueeze(1)) & gt_valid.unsqueeze(1)
     iou = _pycocotools_iou(boxes, gt_boxes) * same_class  # [B, N, G] float64; 0 across classes
     best_iou, best_gt = iou.topk(min(G, 2), dim=2)  # [B, N, 1 or 2]
@@ -104,7 +166,7 @@ def _image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_class
     if G > 1 and bool((best_iou[..., 1] >= lowest).any()):  # host sync: a box reaches two GTs?
         _replay_shared_gts(winner, iou, best_iou[..., 0], best_gt[..., 0], active, thresholds,
                            lowest)
-    return _average_precision(winner[..., :G], rank, class_start, gt_classes, gt_valid)
+    return _Matching(classes, order, active, rank, class_start, winner)
 
 
 def _thresholds(iou_thresholds, device):
