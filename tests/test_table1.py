@@ -459,6 +459,25 @@ def test_grid_is_the_cartesian_product_and_duplicates_of_pg_are_dropped():
     assert build_cfg(config, list(gamma0.opts)).MODEL.PG.GAMMA == 0.0
 
 
+def test_grid_points_whose_options_cannot_work_are_left_out_and_named_variants_stop_the_run(capsys):
+    """`joint` with BASELINE sampled_mean is rejected (its advantage is never positive): a grid
+    over the baseline with the default `joint` drops that point instead of failing mid-run, while
+    the same combination written out as a --variants entry stops before anything trains."""
+    config = os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml")
+    finetune_cfg = lambda opts: build_cfg(config, list(opts))  # noqa: E731
+    grid = methods.grid_variants(["MODEL.PG.BASELINE=nms,sampled_mean",
+                                  "MODEL.PG.REWARD_SCALE=1.0,2.0"])
+    kept = methods.distinct_methods(grid, finetune_cfg, methods.select_methods([]), skippable=grid)
+    baselines = {finetune_cfg(m.opts).MODEL.PG.BASELINE for m in kept if m.base is not None}
+    assert [m.label for m in kept] == ["standard fine-tune", "PG γ=1, BASELINE=nms, REWARD_SCALE=1.0",
+                                       "PG γ=1, BASELINE=nms, REWARD_SCALE=2.0"]
+    assert baselines == {"nms"}
+    assert capsys.readouterr().out.count("not run, Invalid policy-gradient config") == 2
+    named = methods.parse_variant("mean=MODEL.PG.BASELINE sampled_mean")
+    with pytest.raises(ConfigError, match=r"PG γ=1, mean: Invalid policy-gradient config.*sampled_mean"):
+        methods.distinct_methods([named], finetune_cfg, methods.select_methods([]))
+
+
 def test_rs_variants_extend_the_rs_row_and_duplicates_are_dropped():
     config = os.path.join(DEMO, "ft_MobileNetV2_FPN_demo.yaml")
     lr = methods.parse_variant("lr0.003=SOLVER.BASE_LR 0.003", methods.rs_variant)

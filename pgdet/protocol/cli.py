@@ -8,7 +8,7 @@ intervals, the paper's numbers beside) and the pictures.
         --finetune-config demo/ft_MobileNetV2_FPN_demo.yaml --jobs 2 \\
         --seeds 0 1 2 --baseline-seeds 0 1 --output output/table1_demo --paper-column \\
         --variants "conditional=MODEL.PG.REWARD_ESTIMATOR conditional" \\
-        --grid MODEL.PG.SAMPLE_NMS=False,True MODEL.PG.BASELINE=nms,sampled_mean \\
+        --grid MODEL.PG.REWARD_ESTIMATOR=conditional,reinforce MODEL.PG.BASELINE=nms,sampled_mean \\
         -- DATALOADER.NUM_WORKERS 2
 
 The configs are paths or names of configs pgdet ships (pgdet/configs); benchmarks/table1.py in
@@ -32,7 +32,9 @@ Stages (each one ``pgdet-train`` process whose command is printed, pgdet/engine/
                            combination of --grid KEY=V1,V2 ... (the SPEC §1 ablation: estimator ×
                            sampled-set NMS × baseline r' × c); RS loss plus named overrides
                            (--rs-variants NAME=KEY VALUE ..., e.g. its own learning rate); a
-                           variant identical to a method before it is not run twice;
+                           variant identical to a method before it is not run twice, and a grid
+                           point whose options cannot work together (e.g. ``joint`` with
+                           ``BASELINE sampled_mean``) is left out with a note;
   3. every final model evaluated again with soft-NMS (``--eval-only MODEL.SOFT_NMS.ENABLED True``,
      MODEL.SOFT_NMS.* as configured) -> <run dir>/soft_nms; greedy NMS is the training run's own
      final evaluation;
@@ -185,9 +187,10 @@ def main(argv=None):
         return build_cfg(args.baseline_config, [*args.opts, *args.baseline_opts, *opts])
 
     try:
-        variants = [parse_variant(v) for v in args.variants] + grid_variants(args.grid) + [
+        grid = grid_variants(args.grid)
+        variants = [parse_variant(v) for v in args.variants] + grid + [
             parse_variant(v, rs_variant, "--rs-variants") for v in args.rs_variants]
-        methods = distinct_methods(variants, ft_cfg, select_methods(args.methods))
+        methods = distinct_methods(variants, ft_cfg, select_methods(args.methods), skippable=grid)
         cfg = ft_cfg(())
         base_cfg(())
         # a bad DATASETS.* entry stops here, not in the first stage's log; and a COCO-json

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..engine import ConfigError
+from ..modeling.pg.pg_options import check_pg_config
 
 BASELINE, CONTROL = "standard (baseline)", "standard fine-tune"
 
@@ -100,15 +101,26 @@ def select_methods(slugs: Sequence[str]) -> List[Method]:
 
 
 def distinct_methods(variants: Sequence[Method], finetune_cfg,
-                     standard: Sequence[Method] = METHODS) -> List[Method]:
+                     standard: Sequence[Method] = METHODS,
+                     skippable: Sequence[Method] = ()) -> List[Method]:
     """`standard` plus the variants that configure a run different from every method before them.
 
     `finetune_cfg(opts)` builds the fine-tune config with `opts`, which also rejects unknown keys
-    before anything trains.
+    before anything trains. So are MODEL.PG options that cannot work together (e.g. ``joint``
+    with ``BASELINE sampled_mean``, pgdet.modeling.pg.pg_options): a method with such options
+    stops the run with one line naming it, except one of `skippable` (a ``--grid``
+    combination, which the user did not write out), which is left out with a note.
     """
     methods, configs = [], []
     for method in (*standard, *variants):
         cfg = finetune_cfg(method.opts)
+        try:
+            check_pg_config(cfg)
+        except ConfigError as e:
+            if method not in skippable:
+                raise ConfigError(f"{method.label}: {e}") from None
+            print(f"[table1] {method.label}: not run, {e}", flush=True)
+            continue
         if cfg in configs:
             print(f"[table1] {method.label}: same config as "
                   f"{methods[configs.index(cfg)].label}; not run twice", flush=True)
