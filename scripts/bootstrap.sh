@@ -77,8 +77,8 @@ else
        yacs tabulate cloudpickle tqdm tensorboard "omegaconf>=2.1" "hydra-core>=1.1" black packaging
 fi
 
-log "installing pgdet (editable) and test dependencies"
-pipi -e "$ROOT[test,pretrained]"
+log "installing pgdet (editable) with its test, pretrained and lazy extras"
+pipi -e "$ROOT[test,pretrained,lazy]"
 "$PY" -c "import torch, torchvision, detectron2, pgdet" 
 cat "$ROOT/pyproject.toml" "$0" | sha1sum > "$STAMP"
 log "environment ready ($VENV)"

@@ -220,8 +220,8 @@ SMALL = [
 
 
 def _polygons_to_rle(json_file):
-    """The export's polygons as RLE: the LSJ crop of polygons needs shapely, which is not
-    installed here; masks (RLE, read as bitmasks) are cropped as images."""
+    """The export's polygons as RLE: the LSJ crop of polygons needs shapely (the ``lazy`` extra),
+    masks (RLE, read as bitmasks) are cropped as images, so the test needs no optional package."""
     with open(json_file) as f:
         data = json.load(f)
     sizes = {image["id"]: (image["height"], image["width"]) for image in data["images"]}
