@@ -1,0 +1,56 @@
+"""benchmarks/absent_class.py against a hand-computed case (COCO AP by hand)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def absent_class():
+    spec = importlib.util.spec_from_file_location(
+        "absent_class", os.path.join(REPO, "benchmarks", "absent_class.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_dir(tmp_path, detections):
+    """A run folder as COCOEvaluator leaves it: image 1 holds a class-1 object, image 2 a
+    class-2 object, both [0, 0, 10, 10] (XYWH)."""
+    folder = tmp_path / "run" / "inference" / "toy_test"
+    folder.mkdir(parents=True)
+    gt = {"images": [{"id": i, "width": 50, "height": 50, "file_name": f"{i}.jpg"} for i in (1, 2)],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+          "annotations": [{"id": i, "image_id": i, "category_id": i, "bbox": [0, 0, 10, 10],
+                           "area": 100, "iscrowd": 0} for i in (1, 2)]}
+    (folder / "toy_test_coco_format.json").write_text(json.dumps(gt))
+    (folder / "coco_instances_results.json").write_text(json.dumps(detections))
+    return str(tmp_path / "run")
+
+
+def test_a_confident_absent_class_detection_halves_its_class_ap(absent_class, tmp_path, capsys):
+    """Class b: the absent-class false positive on image 1 (0.8) ranks above image 2's true
+    positive (0.6): precision 1/2 at recall 1, AP_b = 0.5 at every IoU threshold; class a: 1.
+    Dataset AP (1 + 0.5) / 2 = 75; without that detection 100. One of three detections
+    (and of the three scoring >= 0.5) is of an absent class."""
+    box = [0, 0, 10, 10]
+    run = _run_dir(tmp_path, [
+        {"image_id": 1, "category_id": 1, "bbox": box, "score": 0.9},
+        {"image_id": 2, "category_id": 2, "bbox": box, "score": 0.6},
+        {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "score": 0.8},
+        {"image_id": 2, "category_id": 2, "bbox": [30, 30, 10, 10], "score": 0.1},
+    ])
+    gt, results = absent_class._run_files(run)
+    with open(results) as f:
+        stats = absent_class.absent_class_stats(gt, json.load(f))
+    # the fourth detection, a false positive of a present class below the true positive,
+    # leaves AP_b at 0.5
+    assert stats.detections == 4 and stats.absent_share == pytest.approx(25.0)
+    assert stats.seen == 3 and stats.seen_absent_share == pytest.approx(100 / 3)
+    assert stats.ap == pytest.approx(75.0) and stats.ap50 == pytest.approx(75.0)
+    assert stats.ap_without_absent == pytest.approx(100.0)
+    absent_class.main([run])
+    assert "| 75.00 | 100.00 (+25.00) |" in capsys.readouterr().out
