@@ -83,6 +83,16 @@ def add_pgdet_config(cfg):
     # Past training images whose D the "dataset" reward ranks each detection among (0: the
     # batch alone); the cost of the reward grows with it.
     _C.MODEL.PG.REWARD_MEMORY_IMAGES = 500
+    # Beyond the paper: how the reward moves the classifier. "weighted_ce" (the paper): the
+    # cross-entropy weighted by c·A + γ. "pairwise" (two-stage only, needs REWARD_ESTIMATOR
+    # swap): γ · cross-entropy plus c · a logistic loss on the class log-odds of each pair of
+    # boxes whose order decides AP (a candidate and its NMS suppressor; a false positive of D
+    # above a true positive of its class), weighted by the exact |ΔAP| of exchanging them
+    # (pgdet/modeling/pg/pairwise_update.py).
+    _C.MODEL.PG.UPDATE = "weighted_ce"
+    # UPDATE pairwise: the most false-positive / true-positive pairs per image (those of the
+    # highest-ranked false positives first); each adds a reward set, so it bounds the cost.
+    _C.MODEL.PG.PAIRWISE_MAX_PAIRS = 256
     # Cascade R-CNN (MODEL.ROI_HEADS.NAME PGCascadeROIHeads): whose classifiers get the PG loss.
     # "last" (default): the last stage's only. D, what the cascade outputs at test time, is the
     # stages' mean score on the last stage's boxes, so only the last stage's RoIs (labelled at

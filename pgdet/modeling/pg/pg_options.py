@@ -9,6 +9,7 @@ import torch
 from detectron2.utils import comm
 
 from ...config_error import raise_if_invalid
+from .pairwise_update import UPDATES
 from .policy_gradient import (ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, REWARD_SCOPES,
                               PGSettings)
 
@@ -16,16 +17,21 @@ CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascade
 
 
 def check_pg_options(enabled: bool, gamma: float, reward_scale: float, settings: PGSettings,
-                     use_sigmoid_ce: bool):
+                     use_sigmoid_ce: bool, dense: bool = False):
     """Fail at build time, naming the MODEL.PG key, when a PG option cannot work.
 
     On plain values, so every construction path runs it: :func:`check_pg_config` (a YAML
     config) and :class:`PGFastRCNNOutputLayers` on the arguments it is built with (a LazyConfig
     passes them explicitly; ``pg_<key>`` and ``PGSettings.<key>`` are MODEL.PG.<KEY> in lower
-    case), so both paths fail with the same messages.
+    case), so both paths fail with the same messages. `dense`: a one-stage detector, whose
+    (anchor, class) slots have no pairwise update.
     """
-    raise_if_invalid("policy-gradient",
-                     _pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce))
+    problems = _pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce)
+    if dense and settings.update == "pairwise":
+        problems.append("MODEL.PG.UPDATE pairwise is implemented for the two-stage box "
+                        "predictor (PGROIHeads) only: use UPDATE weighted_ce with one-stage "
+                        "detectors")
+    raise_if_invalid("policy-gradient", problems)
 
 
 def check_pg_config(cfg):
@@ -75,6 +81,7 @@ def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
         problems.append("MODEL.PG.REWARD_MEMORY_IMAGES must be an integer >= 0 (past training "
                         f"images in the dataset reward), got {memory!r}")
+    problems += _update_problems(settings)
     if cascade_stages is not None and cascade_stages not in CASCADE_STAGES:
         problems.append(
             f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {cascade_stages!r}"
@@ -98,6 +105,29 @@ def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_
     return problems
 
 
+def _update_problems(settings: PGSettings):
+    """The messages of MODEL.PG.UPDATE and the options it cannot combine with."""
+    if settings.update not in UPDATES:
+        return [f"MODEL.PG.UPDATE must be one of {UPDATES}, got {settings.update!r}"]
+    max_pairs = settings.pairwise_max_pairs
+    if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 0:
+        return ["MODEL.PG.PAIRWISE_MAX_PAIRS must be an integer >= 0 (false-positive / "
+                f"true-positive pairs per image), got {max_pairs!r}"]
+    if settings.update != "pairwise":
+        return []
+    problems = []
+    if settings.reward_estimator != "swap":
+        problems.append("MODEL.PG.UPDATE pairwise takes a candidate's ΔAP from the swap sets: "
+                        "set MODEL.PG.REWARD_ESTIMATOR swap")
+    unused = [key for key, on in (("KEPT_BOX_CREDIT", settings.kept_box_credit),
+                                  ("SUPPRESSOR_CREDIT", settings.suppressor_credit),
+                                  ("ADVANTAGE_NORM", settings.advantage_norm != "none")) if on]
+    if unused:
+        problems.append(f"MODEL.PG.{', '.join(unused)} shape(s) the advantages, which "
+                        "MODEL.PG.UPDATE pairwise does not use: leave them at their defaults")
+    return problems
+
+
 def _settings_from_cfg(cfg) -> PGSettings:
     """MODEL.PG's PGSettings (no thresholds: D's are the detector's own, see PGSettings)."""
     pg = cfg.MODEL.PG
@@ -114,6 +144,8 @@ def _settings_from_cfg(cfg) -> PGSettings:
         advantage_norm=pg.ADVANTAGE_NORM,
         reward_scope=pg.REWARD_SCOPE,
         reward_memory_images=pg.REWARD_MEMORY_IMAGES,
+        update=pg.UPDATE,
+        pairwise_max_pairs=pg.PAIRWISE_MAX_PAIRS,
     )
 
 

@@ -8,6 +8,8 @@ Only the classification term changes (paper Algorithm 1: box regression keeps sm
 whose gradient on the true-class logit is ``(c·A_b + γ)(p_b − 1)``: eq. 10-11 and supplement
 Appendix C. Normalised by the number R of sampled RoIs of the batch, like detectron2's own loss,
 so with A = 0 and γ = 1 it is detectron2's cross-entropy and the learning rate means the same.
+With ``MODEL.PG.UPDATE pairwise`` it is γ · CE plus c · the pairwise order loss of
+:mod:`pgdet.modeling.pg.pairwise_update`, with the same normalisation.
 At test time it runs greedy NMS (detectron2's) or, with ``MODEL.SOFT_NMS.ENABLED``, soft-NMS.
 """
 import time
@@ -24,6 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..comparators.soft_nms import check_soft_nms_config, fast_rcnn_inference_soft_nms
+from .pairwise_update import log_pair_stats, pairwise_order_loss
 from .pg_options import action_generator, check_pg_options, log_pg_stats, pg_options_from_cfg
 from .policy_gradient import InferenceThresholds, PGSettings, compute_advantages
 from .reward_memory import RewardMemory
@@ -150,7 +153,8 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         return losses
 
     def pg_classification_loss(self, scores, proposal_deltas, proposals, gt_classes):
-        """The PG-weighted cross-entropy, ``mean_b w_b CE(x_b, l_b)`` over the batch's R RoIs.
+        """The PG-weighted cross-entropy, ``mean_b w_b CE(x_b, l_b)`` over the batch's R RoIs;
+        with UPDATE pairwise ``(γ Σ_b CE(x_b, l_b) + c Σ_pairs ℓ) / R`` instead.
 
         scores [R, K+1] logits; proposal_deltas [R, K*4]; gt_classes [R] (K = background).
         """
@@ -171,10 +175,17 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
                 self.inference_thresholds(),
                 self.pg_reward_memory,
             )
-            weights = self.pg_reward_scale * pg.advantages + self.pg_gamma
+            if pg.order_pairs is None:
+                weights = self.pg_reward_scale * pg.advantages + self.pg_gamma
+            else:
+                weights = torch.full_like(pg.advantages, self.pg_gamma)
         log_pg_stats(storage, pg, weights, time.perf_counter() - start)
         per_roi = F.cross_entropy(scores, gt_classes, reduction="none")
-        return (weights * per_roi).sum() / max(gt_classes.numel(), 1)
+        loss = (weights * per_roi).sum()
+        if pg.order_pairs is not None:
+            log_pair_stats(storage, pg.order_pairs)
+            loss = loss + self.pg_reward_scale * pairwise_order_loss(scores, pg.order_pairs)
+        return loss / max(gt_classes.numel(), 1)
 
     @staticmethod
     def _policy_probs(scores, proposals: List[Instances]) -> torch.Tensor:

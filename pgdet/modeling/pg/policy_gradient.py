@@ -52,7 +52,12 @@ Options beyond the paper (``MODEL.PG.*``, all off by default):
 - ``REWARD_SCOPE dataset``: every set scored by the COCO AP of a dataset (the last
   ``REWARD_MEMORY_IMAGES`` training images and the batch) instead of its image's AP, so that a
   detection of a class absent from its image is no longer worth exactly 0
-  (:mod:`pgdet.modeling.pg.dataset_reward`).
+  (:mod:`pgdet.modeling.pg.dataset_reward`);
+- ``UPDATE pairwise``: besides the advantages, the pairs of boxes whose order decides AP, each
+  with the exact change of the reward when their order is exchanged: a candidate and its
+  suppressor (the ``swap`` sets), and a false positive of D above a true positive of its class
+  (sets of D with the two scores exchanged, scored in the same reward call)
+  (:mod:`pgdet.modeling.pg.pairwise_update`).
 
 A credit for a kept box d is the change in AP from *having* d with its detected class; the loss
 acts on the RoI's cross-entropy towards its label l, so it enters with sign +1 when d's class
@@ -81,6 +86,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .dataset_reward import dataset_ap
+from .pairwise_update import OrderPairs, exchange_pool, exchange_sets, misordered_pairs
 from .reward import COCO_IOU_THRESHOLDS, image_ap, match_sets
 from .reward_memory import RewardMemory
 
@@ -110,6 +116,8 @@ class PGSettings:
     advantage_norm: str = "none"
     reward_scope: str = "image"
     reward_memory_images: int = 500
+    update: str = "weighted_ce"
+    pairwise_max_pairs: int = 256
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ class PGAdvantages:
                      not selected by D; with the credit options also D's RoIs and suppressors).
     absent_class_mask: [R] bool, the RoIs holding a box of D whose class has no GT in its
                      image (``pg/absent_class_advantage_frac``); None: not computed.
+    order_pairs:     with ``update`` pairwise, the pairs whose order decides AP, slots indexed
+                     over the batch (:class:`OrderPairs`); None otherwise.
     """
 
     advantages: torch.Tensor
@@ -147,6 +157,7 @@ class PGAdvantages:
     sampled_reward: torch.Tensor
     candidate_mask: torch.Tensor
     absent_class_mask: Optional[torch.Tensor] = None
+    order_pairs: Optional[OrderPairs] = None
 
 
 class PGImage(NamedTuple):
@@ -189,9 +200,10 @@ class PGImage(NamedTuple):
 
 
 class _ImageSets(NamedTuple):
-    """The S detection sets of one image with ground truth over a pool of P = |D| + C boxes:
-    D, then E estimator sets (k actions, or one swapped set per candidate with ``swap``), then
-    |D| leave-one-out sets with ``kept_box_credit``."""
+    """The S detection sets of one image with ground truth over a pool of P = |D| + C (+ 2X)
+    boxes: D, then E estimator sets (k actions, or one swapped set per candidate with ``swap``),
+    then |D| leave-one-out sets with ``kept_box_credit``, then X sets of D with two scores
+    exchanged with ``update`` pairwise (the pool's last 2X boxes are their copies)."""
 
     image: int  # index of the image in the batch
     inputs: PGImage
@@ -202,6 +214,7 @@ class _ImageSets(NamedTuple):
     pool_scores: torch.Tensor  # [P]
     pool_classes: torch.Tensor  # [P]
     membership: torch.Tensor  # [S, P] bool
+    exchanges: torch.Tensor  # [X, 2] indices into D of each exchanged pair (u above v)
 
 
 def _pad_stack(tensors: List[torch.Tensor], length: int, fill, dim: int = 0) -> torch.Tensor:
@@ -291,11 +304,19 @@ def _leave_one_out_sets(num_base: int, num_cand: int, device) -> torch.Tensor:
     return sets
 
 
+def _widen(sets: torch.Tensor, pool: int) -> torch.Tensor:
+    """[S, pool] bool: `sets` [S, P <= pool] with the pool's later boxes in no set."""
+    wide = sets.new_zeros((sets.shape[0], pool))
+    wide[:, :sets.shape[1]] = sets
+    return wide
+
+
 def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
-                detection_cap: int, generator) -> _ImageSets:
+                detection_cap: int, generator, exchanges: torch.Tensor) -> _ImageSets:
     """Pool and membership of the sets of one image with ground truth (steps 3-4); `nms_thresh`
     and `detection_cap` are the detector's test-time NMS threshold and per-image cap (the
-    actions' NMS, the swap suppressors and sets).
+    actions' NMS, the swap suppressors and sets); `exchanges` [X, 2] the pairs of D whose
+    scores ``update`` pairwise exchanges (X = 0 otherwise).
 
     b is drawn with its policy probability p_b, and ranked (actions' NMS and cap, order inside
     every set) by its test-time score, the scale of D's scores.
@@ -307,30 +328,33 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     in_baseline = ((image.cand_slot[:, None] == image.base_slot[None, :])
                    & (cand_classes[:, None] == base.pred_classes[None, :])).any(dim=1)
     num_base, num_cand = len(base), len(cand_scores)
-    pool = num_base + num_cand
+    pool = num_base + num_cand + 2 * len(exchanges)
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
         drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
         suppressor = _suppressors(image, nms_thresh)
-        estimator_sets = _swap_sets(base.scores, suppressor, detection_cap)
+        estimator_sets = _widen(_swap_sets(base.scores, suppressor, detection_cap), pool)
     else:
         draws = torch.rand((settings.num_samples, num_cand), generator=generator, device=device)
         drawn = draws < cand_scores
         estimator_sets = torch.zeros((settings.num_samples, pool), dtype=torch.bool,
                                      device=device)
-        estimator_sets[:, num_base:] = _cap_and_nms(drawn, rank_scores, image.nms_boxes()[1],
-                                                    cand_classes, settings, nms_thresh)
+        estimator_sets[:, num_base:num_base + num_cand] = _cap_and_nms(
+            drawn, rank_scores, image.nms_boxes()[1], cand_classes, settings, nms_thresh)
     baseline_set = torch.zeros((1, pool), dtype=torch.bool, device=device)
     baseline_set[0, :num_base] = True
     sets = [baseline_set, estimator_sets]
     if settings.kept_box_credit:
-        sets.append(_leave_one_out_sets(num_base, num_cand, device))
+        sets.append(_widen(_leave_one_out_sets(num_base, num_cand, device), pool))
+    sets.append(exchange_sets(num_base, num_cand, exchanges))
+    copy_boxes, copy_scores, copy_classes = exchange_pool(base, exchanges)
     return _ImageSets(
         i, image, in_baseline, drawn, suppressor,
-        torch.cat([base.pred_boxes.tensor, cand_boxes]),
-        torch.cat([base.scores, rank_scores]),
-        torch.cat([base.pred_classes, cand_classes]),
+        torch.cat([base.pred_boxes.tensor, cand_boxes, copy_boxes]),
+        torch.cat([base.scores, rank_scores, copy_scores]),
+        torch.cat([base.pred_classes, cand_classes, copy_classes]),
         torch.cat(sets),
+        exchanges,
     )
 
 
@@ -465,14 +489,21 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
 
     absent = torch.cat([_absent_class_slots(image, device) for image in images])
     dataset_scope = settings.reward_scope == "dataset"
+    pairwise = settings.update == "pairwise"
+    no_exchange = torch.zeros((0, 2), dtype=torch.long, device=device)
+    exchanges = (misordered_pairs([image.base for image in images],
+                                  [image.gt for image in images], settings.iou_thresholds,
+                                  settings.max_detections, settings.pairwise_max_pairs)
+                 if pairwise else [no_exchange] * len(images))
     per_image = [  # only images with ground truth have an image AP
-        _image_sets(i, image, settings, nms_thresh, detection_cap, generator)
+        _image_sets(i, image, settings, nms_thresh, detection_cap, generator, exchanges[i])
         for i, image in enumerate(images) if len(image.gt) > 0 or dataset_scope
     ]
     if not per_image:
         empty = torch.zeros(0, device=device)
         return PGAdvantages(torch.cat(advantages), empty, empty.view(0, num_sampled),
-                            torch.cat(estimated), absent)
+                            torch.cat(estimated), absent,
+                            OrderPairs.cat([], device) if pairwise else None)
 
     rewards = _score_sets(per_image, settings, reward_memory)  # [B', S]
     num_estimator_sets = [len(s.inputs.cand_slot) if swap else settings.num_samples
@@ -488,8 +519,15 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
     else:
         baseline_reward = sampled_reward.mean(dim=1)
 
+    slot_offsets = [0]
+    for image in images:
+        slot_offsets.append(slot_offsets[-1] + image.num_slots)
+    order_pairs = []
     for row, (sets, num_est) in enumerate(zip(per_image, num_estimator_sets)):
         adv, est = advantages[sets.image], estimated[sets.image]
+        if pairwise:
+            order_pairs.append(_order_pairs(sets, rewards[row], num_est, settings,
+                                            slot_offsets[sets.image]))
         base_slot, base_sign = sets.inputs.base_slot, sets.inputs.base_sign
         cand_adv, valid = _candidate_advantages(
             sets, rewards[row, 1:1 + num_est], baseline_reward[row], settings)
@@ -509,7 +547,32 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
         if settings.advantage_norm == "image_max" and len(adv):
             adv /= adv.abs().max().clamp(min=torch.finfo(adv.dtype).tiny)
     return PGAdvantages(
-        torch.cat(advantages), baseline_reward, sampled_reward, torch.cat(estimated), absent
+        torch.cat(advantages), baseline_reward, sampled_reward, torch.cat(estimated), absent,
+        OrderPairs.cat(order_pairs, device) if pairwise else None,
+    )
+
+
+def _order_pairs(sets: _ImageSets, rewards: torch.Tensor, num_est: int, settings: PGSettings,
+                 slot_offset: int) -> OrderPairs:
+    """One image's pairs of ``update`` pairwise, slots offset to the batch's.
+
+    rewards [S_max]: the image's set rewards (D first); the swap estimator's rows 1..C give the
+    suppression pairs' ΔAP, the last X rows (after the leave-one-out sets) the exchanges'.
+    """
+    inputs, base = sets.inputs, sets.inputs.base
+    suppressed = (sets.suppressor >= 0) & ~sets.cand_in_baseline
+    cand = torch.nonzero(suppressed, as_tuple=True)[0]
+    winner = sets.suppressor[cand]
+    first_exchange = 1 + num_est + (len(base) if settings.kept_box_credit else 0)
+    u, v = sets.exchanges[:, 0], sets.exchanges[:, 1]
+    return OrderPairs(
+        torch.cat([inputs.base_slot[winner], inputs.base_slot[u]]) + slot_offset,
+        torch.cat([base.pred_classes[winner], base.pred_classes[u]]),
+        torch.cat([inputs.cand_slot[cand], inputs.base_slot[v]]) + slot_offset,
+        torch.cat([inputs.cand_classes[cand], base.pred_classes[v]]),
+        torch.cat([rewards[1 + cand], rewards[first_exchange:first_exchange + len(u)]])
+        - rewards[0],
+        torch.cat([torch.ones_like(cand, dtype=torch.bool), torch.zeros_like(u, dtype=torch.bool)]),
     )
 
 

@@ -1,0 +1,251 @@
+"""MODEL.PG.UPDATE pairwise against independent oracles: each pair's ΔAP by pycocotools' COCOeval
+on D (a textbook NMS loop) and on D with the pair exchanged; the loss and its gradient by hand;
+bad options rejected in one line; a few training iterations on the demo config."""
+import contextlib
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from test_pg_estimators import _reference_d
+from test_pg_loss import NUM_CLASSES, _coco_ap, _image, _predictor
+
+import pgdet.modeling.pg.pg_output_layers as pg_output_layers
+from pgdet.engine import ConfigError, Trainer, build_cfg
+from pgdet.modeling.pg.pairwise_update import OrderPairs, pairwise_order_loss
+from pgdet.modeling.pg.policy_gradient import PGAdvantages, PGSettings, compute_advantages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "pgdet", "configs", "demo", "frcnn_MobileNetV2_FPN_demo.yaml")
+PAIRWISE = ["MODEL.PG.UPDATE", "pairwise", "MODEL.PG.REWARD_ESTIMATOR", "swap"]
+
+
+def _coco_true_positives(boxes, scores, classes, gt_boxes, gt_classes):
+    """[n] bool: COCOeval's match of each detection at IoU 0.5 (its dtMatches, area "all")."""
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1}],
+        "categories": [{"id": c} for c in range(NUM_CLASSES)],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": 0,
+             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}
+            for i, (b, c) in enumerate(zip(gt_boxes.tolist(), gt_classes.tolist()))
+        ],
+    }
+    dets = np.array([[1, b[0], b[1], b[2] - b[0], b[3] - b[1], s, c]
+                     for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())])
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+    matched = set()  # loadRes numbers the detections 1..n in the given order
+    for e in ev.evalImgs:
+        if e is not None and e["aRng"] == [0, 1e10]:
+            matched.update(d for d, m in zip(e["dtIds"], e["dtMatches"][0]) if m > 0)
+    return [i + 1 in matched for i in range(len(dets))]
+
+
+def _case(seeds):
+    """Images of 5 objects and 40 sampled RoIs, random class scores, boxes jittered by 6 px."""
+    images = [_image(5, 40, seed) for seed in seeds]
+    g = torch.Generator().manual_seed(seeds[0])
+    probs = [torch.softmax(torch.randn(len(p), NUM_CLASSES + 1, generator=g) * 3, dim=1)
+             for p in images]
+    boxes = [(p.proposal_boxes.tensor + torch.randn(len(p), 4, generator=g) * 6).repeat(
+        1, NUM_CLASSES) for p in images]
+    return images, probs, boxes
+
+
+def test_each_pairs_delta_ap_against_pycocotools():
+    """Pairs (i): every candidate removed by a box of D in greedy NMS, ΔAP = AP(D − s + b) −
+    AP(D); pairs (ii): every false positive of D above a true positive of its class (COCOeval's
+    matches at 0.5), ΔAP = AP(D with their scores exchanged) − AP(D). Nothing else."""
+    images, probs, boxes = _case((51, 52, 53))
+    pg = compute_advantages(probs, boxes, images, [p._pg_targets for p in images],
+                            PGSettings(reward_estimator="swap", update="pairwise"),
+                            torch.Generator().manual_seed(0))
+    pairs = pg.order_pairs
+    got = {key: (delta, kind) for key, delta, kind in zip(
+        zip(pairs.above_slot.tolist(), pairs.above_class.tolist(), pairs.below_slot.tolist(),
+            pairs.below_class.tolist()), pairs.delta_ap.tolist(), pairs.suppression.tolist())}
+    assert len(got) == len(pairs.delta_ap)
+
+    expected, offset = {}, 0
+    for props, prob, box in zip(images, probs, boxes):
+        gt = props._pg_targets
+        clipped, det, remover = _reference_d(props, prob, box)
+
+        def ap(members, scores=None):
+            rois, classes = (torch.tensor(x) for x in zip(*members))
+            score = prob[rois, classes] if scores is None else torch.tensor(scores)
+            return _coco_ap(clipped[rois, classes], score, classes, gt.gt_boxes.tensor,
+                            gt.gt_classes)
+
+        base = ap(det)
+        for b, label in enumerate(props.gt_classes.tolist()):
+            winner = remover.get((b, label))
+            if label == NUM_CLASSES or (b, label) in det or winner not in det:
+                continue
+            gain = ap([d for d in det if d != winner] + [(b, label)]) - base
+            expected[(winner[0] + offset, winner[1], b + offset, label)] = (gain, True)
+        rois, classes = (torch.tensor(x) for x in zip(*det))
+        scores = prob[rois, classes].tolist()
+        tp = _coco_true_positives(clipped[rois, classes], prob[rois, classes], classes,
+                                  gt.gt_boxes.tensor, gt.gt_classes)
+        for u, (roi_u, c_u) in enumerate(det):
+            for v, (roi_v, c_v) in enumerate(det):
+                if c_u == c_v and not tp[u] and tp[v] and scores[u] > scores[v]:
+                    exchanged = list(scores)
+                    exchanged[u], exchanged[v] = scores[v], scores[u]
+                    expected[(roi_u + offset, c_u, roi_v + offset, c_v)] = (
+                        ap(det, exchanged) - base, False)
+        offset += len(props)
+
+    assert got.keys() == expected.keys()
+    for key, (delta, kind) in expected.items():
+        assert got[key][1] == kind, key
+        assert got[key][0] == pytest.approx(delta, abs=2e-6), key
+    kinds = [kind for delta, kind in expected.values() if delta != 0]
+    assert any(kinds) and not all(kinds), "both kinds of pair, with a nonzero ΔAP"
+
+
+def test_exchange_pairs_are_capped_per_image_highest_false_positive_first():
+    """PAIRWISE_MAX_PAIRS 2 keeps the two pairs of the highest-scored false positive (ties: its
+    highest-scored true positives), 0 none."""
+    images, probs, boxes = _case((51,))
+
+    def exchanged(max_pairs):
+        pairs = compute_advantages(probs, boxes, images, [images[0]._pg_targets],
+                                   PGSettings(reward_estimator="swap", update="pairwise",
+                                              pairwise_max_pairs=max_pairs),
+                                   torch.Generator().manual_seed(0)).order_pairs
+        keep = ~pairs.suppression
+        return [((a, ca), (b, cb)) for a, ca, b, cb in zip(
+            pairs.above_slot[keep].tolist(), pairs.above_class[keep].tolist(),
+            pairs.below_slot[keep].tolist(), pairs.below_class[keep].tolist())]
+
+    every = exchanged(256)
+    assert len(every) > 2
+    score = {box: probs[0][box].item() for pair in every for box in pair}
+    ranked = sorted(every, key=lambda pair: (-score[pair[0]], -score[pair[1]]))
+    assert exchanged(2) == ranked[:2]
+    assert exchanged(0) == []
+
+
+def _softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_loss_and_gradient_by_hand():
+    """Two RoIs with logits [2, 0.5, -1] and [1.5, 2.5, 0]: pair (RoI 0 class 0 above, RoI 1
+    class 1 below). z = x_c − log Σ_{j≠c} e^{x_j}; ℓ = |ΔAP| softplus(−sign(ΔAP)(z_b − z_a));
+    dℓ/dx_j = dℓ/dz · dz/dx_j with dz/dx_c = 1 and dz/dx_j = −e^{x_j} / Σ_{k≠c} e^{x_k}."""
+    rows = [[2.0, 0.5, -1.0], [1.5, 2.5, 0.0]]
+    z_a = rows[0][0] - math.log(math.exp(0.5) + math.exp(-1.0))
+    z_b = rows[1][1] - math.log(math.exp(1.5) + math.exp(0.0))
+    for delta in (0.3, -0.2):
+        logits = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+        pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
+                           torch.tensor([1]), torch.tensor([delta], dtype=torch.float64),
+                           torch.tensor([True]))
+        loss = pairwise_order_loss(logits, pairs)
+        (grad,) = torch.autograd.grad(loss, logits)
+        sign = 1 if delta > 0 else -1
+        margin = sign * (z_b - z_a)
+        assert loss.item() == pytest.approx(abs(delta) * _softplus(-margin), rel=1e-12)
+        d_margin = -abs(delta) * _sigmoid(-margin)  # dℓ/dm
+        d_za, d_zb = -sign * d_margin, sign * d_margin
+        others_a = math.exp(0.5) + math.exp(-1.0)
+        others_b = math.exp(1.5) + math.exp(0.0)
+        expected = [[d_za, -d_za * math.exp(0.5) / others_a, -d_za * math.exp(-1.0) / others_a],
+                    [-d_zb * math.exp(1.5) / others_b, d_zb, -d_zb * math.exp(0.0) / others_b]]
+        torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_pairwise_gradient_does_not_saturate_where_the_cross_entropy_does():
+    """Both boxes at p = 0.9 of their class: the CE's true-class gradient p − 1 = −0.1, the
+    pair's on each log-odds |ΔAP|·σ(0) = |ΔAP|/2 (equal log-odds: margin 0)."""
+    logits = torch.tensor([[math.log(9.0), 0.0], [math.log(9.0), 0.0]], requires_grad=True)
+    pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
+                       torch.tensor([0]), torch.tensor([0.4]), torch.tensor([True]))
+    (grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs), logits)
+    assert grad[:, 0].tolist() == pytest.approx([0.2, -0.2])
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0]), reduction="sum")
+    assert torch.autograd.grad(ce, logits)[0][:, 0].tolist() == pytest.approx([-0.1, -0.1])
+
+
+@pytest.mark.parametrize("gamma,scale", [(1.0, 1.0), (0.5, 2.0)])
+def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch, gamma, scale):
+    """With fixed pairs and advantages: L = (γ Σ_b CE_b + c Σ ℓ) / R, the advantages unused.
+    The CE's gradient by its closed form γ(p − onehot)/R, the pair's by autograd of ℓ alone."""
+    proposals = [_image(4, 30, 1), _image(2, 20, 2)]
+    num_rois = sum(len(p) for p in proposals)
+    gt_classes = torch.cat([p.gt_classes for p in proposals])
+    pairs = OrderPairs(torch.tensor([3, 35]), torch.tensor([1, 0]), torch.tensor([7, 12]),
+                       torch.tensor([1, 2]), torch.tensor([0.25, -0.1]),
+                       torch.tensor([True, False]))
+    monkeypatch.setattr(
+        pg_output_layers, "compute_advantages",
+        lambda *a, **k: PGAdvantages(torch.full((num_rois,), 0.7), torch.zeros(1),
+                                     torch.zeros(1, 1), torch.ones(num_rois, dtype=torch.bool),
+                                     order_pairs=pairs))
+    predictor = _predictor(pg_enabled=True, pg_gamma=gamma, pg_reward_scale=scale,
+                           pg_settings=PGSettings(reward_estimator="swap", update="pairwise"))
+    logits = torch.randn(num_rois, NUM_CLASSES + 1, requires_grad=True)
+    deltas = torch.randn(num_rois, NUM_CLASSES * 4) * 0.1
+    with EventStorage() as storage:
+        loss = predictor.losses((logits, deltas), proposals)["loss_cls"]
+        assert storage.latest()["pg/order_pairs"][0] == 2
+        assert storage.latest()["pg/order_pair_abs_delta_ap"][0] == pytest.approx(0.175)
+    (grad,) = torch.autograd.grad(loss, logits)
+    p = torch.softmax(logits.detach(), dim=1)
+    ce_grad = gamma * (p - torch.nn.functional.one_hot(gt_classes, NUM_CLASSES + 1)) / num_rois
+    (pair_grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs), logits)
+    torch.testing.assert_close(grad, ce_grad + scale * pair_grad / num_rois, rtol=1e-5,
+                               atol=1e-8)
+
+
+@pytest.mark.parametrize("opts,key", [
+    (["MODEL.PG.UPDATE", "ranknet"], "MODEL.PG.UPDATE must be one of"),
+    (["MODEL.PG.UPDATE", "pairwise"], "REWARD_ESTIMATOR swap"),
+    ([*PAIRWISE, "MODEL.PG.ADVANTAGE_NORM", "image_max"], "MODEL.PG.ADVANTAGE_NORM"),
+    ([*PAIRWISE, "MODEL.PG.PAIRWISE_MAX_PAIRS", "-1"], "MODEL.PG.PAIRWISE_MAX_PAIRS"),
+])
+def test_bad_update_options_fail_in_one_line(opts, key):
+    cfg = build_cfg(DEMO, ["MODEL.PG.ENABLED", "True", *opts])
+    with pytest.raises(ConfigError) as e:
+        Trainer.build_model(cfg)
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_stage_detectors_reject_pairwise_in_one_line():
+    cfg = build_cfg(os.path.join(os.path.dirname(DEMO), "retinanet_MobileNetV2_FPN_demo.yaml"),
+                    ["MODEL.PG.ENABLED", "True", *PAIRWISE])
+    with pytest.raises(ConfigError) as e:
+        Trainer.build_model(cfg)
+    assert "MODEL.PG.UPDATE pairwise" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_demo_training_with_pairwise_logs_the_pairs(tmp_path):
+    """Three iterations of the demo Faster R-CNN from random weights: finite losses and the
+    pair scalars in metrics.json."""
+    cfg = build_cfg(DEMO, [
+        "MODEL.PG.ENABLED", "True", *PAIRWISE, "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.MAX_ITER", "3", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "INPUT.MAX_SIZE_TRAIN", "128", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    Trainer(cfg).train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "total_loss" in r][-1] == 2
+    assert all(math.isfinite(r["total_loss"]) for r in records if "total_loss" in r)
+    assert all("pg/order_pairs" in r for r in records if "total_loss" in r)
