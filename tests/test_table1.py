@@ -596,6 +596,14 @@ def test_only_runs_one_cell_in_the_folder_of_the_full_run(tmp_path, monkeypatch)
     assert _opt(calls[1]["opts"], "MODEL.PG.GAMMA") == "0.5"
     with pytest.raises(SystemExit):
         cli.main(common + ["--only", "pg_v"])
+    calls.clear()  # several cells, one after the other, in the full run's folders
+    cli.main(common + ["--only", "pg_v", "0", "finetune_standard", "1"])
+    assert [c["output_dir"] for c in calls if not c["output_dir"].endswith("baseline")] == [
+        str(tmp_path / "pg_v" / "seed0"), str(tmp_path / "finetune_standard" / "seed1")]
+    with pytest.raises(SystemExit):
+        cli.main(common + ["--only", "pg_v", "0", "finetune_standard"])
+    with pytest.raises(SystemExit):
+        cli.main(common + ["--only", "pg_v", "0", "pg_nope", "1"])
 
 
 # The test-image bootstrap: COCO AP on resampled test images, against pycocotools run directly.

@@ -69,7 +69,8 @@ change (stages done / running / left, elapsed, ETA), each stage's output in its
 gets the CPU count / (N x --num-gpus) threads.
 
 ``--only SLUG SEED`` runs one cell (one method at one seed, from every baseline) and writes no
-table; ``--only baseline`` trains the baselines.
+table, ``--only SLUG SEED SLUG SEED ...`` several cells one after the other; ``--only baseline``
+trains the baselines.
 
 Overrides after ``--`` apply to every stage (data sets, batch size, ...); --baseline-opts and
 --finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
@@ -137,10 +138,10 @@ def parse_args(argv=None):
                         help="stages run at once, each as soon as the stages it needs have "
                         "finished (default 1: one after the other)")
     parser.add_argument("--figure-images", type=int, default=4, help="images in Figure 3")
-    parser.add_argument("--only", nargs="+", metavar="SLUG [SEED]",
-                        help="run one cell and write no table: 'baseline' (the baselines), or a "
-                        "method's folder name and a seed; a final run without --only reuses "
-                        "them all and writes the table")
+    parser.add_argument("--only", nargs="+", metavar="SLUG SEED",
+                        help="run some cells and write no table: 'baseline' (the baselines), or "
+                        "pairs of a method's folder name and a seed, run one after the other; "
+                        "a final run without --only reuses them all and writes the table")
     parser.add_argument("--no-soft-nms", action="store_true",
                         help="greedy NMS only: no soft-NMS evaluation of each model (a tuning "
                         "sweep on a validation split needs one number per run)")
@@ -154,10 +155,10 @@ def parse_args(argv=None):
         parser.error("--bootstrap N needs N >= 0 (0: no bootstrap)")
     if args.jobs < 1:
         parser.error("--jobs N needs N >= 1")
-    if args.only and not (args.only == ["baseline"] or (len(args.only) == 2
-                                                        and args.only[1].isdigit())):
-        parser.error("--only takes 'baseline' or a method folder and a seed, e.g. "
-                     "--only pg_gamma1 0")
+    if args.only and not (args.only == ["baseline"] or (
+            len(args.only) % 2 == 0 and all(seed.isdigit() for seed in args.only[1::2]))):
+        parser.error("--only takes 'baseline' or pairs of a method folder and a seed, e.g. "
+                     "--only pg_gamma1 0 pg_gamma1 1")
     args.opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     args.output = os.path.abspath(args.output)
     args.baseline_config = _config_path(args.baseline_config)

@@ -77,15 +77,18 @@ def run_experiment(args, methods: Sequence[Method]) -> List[Row]:
 
 
 def run_cell(args, methods: Sequence[Method]) -> None:
-    """--only: the baselines, or one method at one seed from every baseline (stages as
-    run_experiment runs them, so the final table reuses them)."""
+    """--only: the baselines, or cells (a method at a seed, from every baseline) one after the
+    other (stages as run_experiment runs them, so the final table reuses them)."""
     if args.only == ["baseline"]:
         args.seeds = []
-    else:
-        slug, seed = args.only[0], int(args.only[1])
-        chosen = [m for m in methods if m.slug == slug]
-        if not chosen:
-            sys.exit(f"error: --only {slug}: no such method; choose from "
-                     f"{[m.slug for m in methods]}")
-        methods, args.seeds = chosen, [seed]
-    run_experiment(args, methods)
+        run_experiment(args, methods)
+        return
+    by_slug = {m.slug: m for m in methods}
+    cells = [(slug, int(seed)) for slug, seed in zip(args.only[::2], args.only[1::2])]
+    unknown = sorted({slug for slug, _ in cells if slug not in by_slug})
+    if unknown:
+        sys.exit(f"error: --only {', '.join(unknown)}: no such method; choose from "
+                 f"{list(by_slug)}")
+    for slug, seed in cells:
+        args.seeds = [seed]
+        run_experiment(args, [by_slug[slug]])
