@@ -11,9 +11,11 @@ with). The paired statistics are checked on hand-computed numbers, the test-imag
 against pycocotools run directly, the layout of several baselines and the scheduling of --jobs
 with the training stages faked.
 """
+import html
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -106,6 +108,14 @@ def parse_markdown_table(text):
         cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
         rows[cells["method"], cells["NMS"]] = cells
     return rows
+
+
+def parse_html_table(page):
+    """{(method, NMS): {column: cell}} of the table in report.html, cells unescaped."""
+    rows = [[html.unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page, re.S)]
+    return {(cells["method"], cells["NMS"]): cells
+            for cells in (dict(zip(rows[0], row)) for row in rows[1:])}
 
 
 def file_mtimes(root):
@@ -313,7 +323,7 @@ def test_bootstrap_rescores_what_each_evaluation_scored(experiment):
 
 
 def test_figures_are_pngs(experiment):
-    for name in ("figure3_detections.png", "training_curves.png"):
+    for name in ("figure3_detections.png", "training_curves.png", "forest_plot.png"):
         path = experiment["out"] / "figures" / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as image:
@@ -321,6 +331,14 @@ def test_figures_are_pngs(experiment):
         with Image.open(path) as image:
             assert min(image.size) >= 400
             assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
+
+
+def test_report_html_shows_table1_md_and_every_picture(experiment):
+    out = experiment["out"]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert parse_html_table(page) == parse_markdown_table((out / "table1.md").read_text())
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3
+    assert "report written to" in experiment["second"]
 
 
 def test_jobs_show_one_progress_display_and_log_each_stage(experiment):
@@ -822,6 +840,9 @@ def test_untrained_models_count_as_zero_in_the_table_as_the_log_says(tmp_path, m
     for cells in table.values():
         assert {key: cells[key] for key in METRICS} == expected
     assert table["PG γ=1", "greedy"][GAIN] == "+0.0 (1 pair, no CI)"
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")  # without figures too
+    assert parse_html_table(page) == table
+    assert (tmp_path / "figures" / "forest_plot.png").is_file()
 
 
 # --jobs: independent stages side by side, each after the stages it needs.

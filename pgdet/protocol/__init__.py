@@ -6,5 +6,7 @@ One job per module: ``methods`` (the rows and the variants a user adds), ``runs`
 folder's layout and the table's rows), ``stages`` (the training and evaluation processes and what
 each needs), ``schedule`` (running them ``--jobs`` at a time with a progress display), ``stats``
 (the paired t interval), ``bootstrap`` (the test-image bootstrap), ``no_detections`` (runs
-without any detection), ``report`` (table1.md / table1.json), ``figures`` and ``cli``.
+without any detection), ``report`` (table1.md / table1.json), ``figures``, ``forest_plot``,
+``html_report`` (report.html, also from a saved table1.json that ``saved_table`` reads back) and
+``cli``.
 """

@@ -50,7 +50,12 @@ Stages (each one ``pgdet-train`` process whose command is printed, pgdet/engine/
   5. <output>/table1.md and table1.json (every raw number, run folders, configs, pairs);
   6. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
      first baseline and of the first run of the standard fine-tune and PG γ=1 on the first test
-     images) and training_curves.png (losses, rewards and PG weights of every fine-tuning run).
+     images) and training_curves.png (losses, rewards and PG weights of every fine-tuning run);
+  7. <output>/report.html: one self-contained page (pictures embedded) with the forest plot of
+     the paired gains (also figures/forest_plot.png: each row's mean gain, 95 % paired-t and
+     bootstrap intervals, every pair's gain, a line at 0), the table, the training curves and
+     Figure 3. ``python -m pgdet.protocol.html_report <output>`` draws it again from
+     table1.json alone, e.g. for a results folder written before it existed.
 
 ``--methods finetune_standard pg_gamma1`` runs only those standard methods (the control always
 runs), e.g. to compare a different fine-tuning schedule cheaply. ``--no-soft-nms`` skips step 3
@@ -90,6 +95,7 @@ from ..data import DatasetConfigError, register_datasets_from_cfg
 from ..engine import ConfigError, build_cfg
 from .bootstrap import add_image_bootstrap
 from .figures import draw_figures
+from .html_report import write_html_report
 from .methods import (
     METHODS, distinct_methods, grid_variants, parse_variant, rs_variant, select_methods,
 )
@@ -215,6 +221,7 @@ def main(argv=None):
                             cfg.DATASETS.TEST[0])
     print("\n" + markdown, flush=True)
     draw_figures(args, methods, rows, ft_cfg, base_cfg, cfg.DATASETS.TEST[0])
+    print(f"[table1] report written to {write_html_report(args.output)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 table1.json with every raw number."""
 import json
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,18 +67,18 @@ def _bootstrap_cell(comparison: Optional[Comparison]) -> str:
     return f"[{_signed(low)}, {_signed(high)}]"
 
 
-def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Comparison],
-                  paper: Optional[str] = None) -> str:
-    """Markdown table shaped like the paper's Table 1: one line per (method, NMS); COCO metrics as
-    mean ± sample std over the runs; the AP gain over the standard fine-tune with the same NMS
-    (the fair control), paired run by run (`comparisons`), and its test-image bootstrap interval
-    when one was computed; the paper's AP of the same row when `paper` ("frcnn" or "fpn") is
-    given."""
+def table1_cells(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Comparison],
+                 paper: Optional[str] = None) -> Tuple[List[str], List[List[str]]]:
+    """The header and the cells of Table 1, shaped like the paper's: one line per (method, NMS);
+    COCO metrics as mean ± sample std over the runs; the AP gain over the standard fine-tune with
+    the same NMS (the fair control), paired run by run (`comparisons`), and its test-image
+    bootstrap interval when one was computed; the paper's AP of the same row when `paper`
+    ("frcnn" or "fpn") is given. table1.md and report.html show these same cells."""
     bootstrapped = any(c.bootstrap for c in comparisons.values())
     head = ["method", "NMS", "runs", *METRIC_KEYS, GAIN_COLUMN, PER_PAIR_COLUMN]
     head += [BOOTSTRAP_COLUMN] if bootstrapped else []
     head += [f"paper AP ({paper})"] if paper else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for row in rows:
         comparison = comparisons.get((row.method, row.nms))  # None: the control itself
         per_pair = ", ".join(map(_signed, comparison.gains())) if comparison else ""
@@ -88,8 +88,16 @@ def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Compar
         if paper:
             reference = PAPER[paper].get((row.method, row.nms))
             cells.append(f"{reference[0]:.1f}" if reference else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return head, lines
+
+
+def format_table1(rows: Sequence[Row], comparisons: Dict[Tuple[str, str], Comparison],
+                  paper: Optional[str] = None) -> str:
+    """Table 1 as a markdown table (the cells of :func:`table1_cells`)."""
+    head, lines = table1_cells(rows, comparisons, paper)
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
 def _baselines_note(baseline_seeds: Optional[Sequence[int]]) -> str:
@@ -144,7 +152,8 @@ def write_report(args, methods, rows, comparisons, soft_nms_cfg, dataset: str) -
         "baseline_config": args.baseline_config, "finetune_config": args.finetune_config,
         "seeds": args.seeds, "baseline_seeds": args.baseline_seeds, "opts": args.opts,
         "baseline_opts": args.baseline_opts, "finetune_opts": args.finetune_opts,
-        "test_dataset": dataset, "bootstrap": {"resamples": args.bootstrap, "seed": BOOTSTRAP_SEED},
+        "test_dataset": dataset, "paper_column": args.paper_column,
+        "bootstrap": {"resamples": args.bootstrap, "seed": BOOTSTRAP_SEED},
         "methods": {m.label: {"folder": m.slug, "opts": list(m.opts)} for m in methods},
         "rows": [{
             "method": r.method, "nms": r.nms,
