@@ -95,10 +95,12 @@ def run_page(page, folder):
 
 
 @pytest.fixture(scope="module")
-def page_runs():
-    """{page: (folder, future of run_page)}: all pages start at once, PARALLEL_PAGES at a time,
-    those with the most blocks first."""
-    pages = sorted({page for page, _ in CASES}, key=lambda p: -len(runnable_blocks(p)))
+def page_runs(request):
+    """{page: (folder, future of run_page)} for the pages whose blocks were selected (`-k`): all
+    start at once, PARALLEL_PAGES at a time, those with the most blocks first."""
+    selected = {item.callspec.params["page"] for item in request.session.items
+                if "page" in getattr(getattr(item, "callspec", None), "params", {})}
+    pages = sorted(selected, key=lambda p: -len(runnable_blocks(p)))
     folders = {page: tempfile.mkdtemp(prefix=f"pgdet_{page.stem}_") for page in pages}
     with ThreadPoolExecutor(PARALLEL_PAGES) as pool:
         futures = {page: (folder, pool.submit(run_page, page, folder))
