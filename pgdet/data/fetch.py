@@ -18,9 +18,10 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from .data_root import ENV, fetch_root
+from .data_root import ENV, PREFIX, fetch_root, resolve_data_path
+from .fetch_asl import FOLDER as ASL_FOLDER
 from .fetch_asl import install_asl, verify_asl
 from .fetch_bccd import install_bccd, verify_bccd
 
@@ -35,6 +36,7 @@ class Source(NamedTuple):
     """A fetchable dataset: its archive and how to install it from the unpacked archive."""
     url: str
     top: str  # the archive's top folder
+    parts: Tuple[str, ...]  # what is unpacked: files or folders below `top`
     install: Callable[[str, str], None]  # (unpacked archive's top folder, dataset folder)
     verify: Callable[[str], Optional[str]]  # dataset folder → what is wrong, or None
 
@@ -43,10 +45,10 @@ BCCD_COMMIT = "d272fb14cdff6e473fafeeeba32aba5f560e9e43"
 ASL_COMMIT = "f467abc4475a17a5652f240a7ec878d8267efb19"
 SOURCES: Dict[str, Source] = {
     "bccd": Source(f"https://github.com/Shenggan/BCCD_Dataset/archive/{BCCD_COMMIT}.tar.gz",
-                   f"BCCD_Dataset-{BCCD_COMMIT}", install_bccd, verify_bccd),
+                   f"BCCD_Dataset-{BCCD_COMMIT}", ("BCCD", "LICENSE"), install_bccd, verify_bccd),
     "asl": Source("https://github.com/dnth/yolov5-deepsparse-blogpost/archive/"
                   f"{ASL_COMMIT}.tar.gz", f"yolov5-deepsparse-blogpost-{ASL_COMMIT}",
-                  install_asl, verify_asl),
+                  (ASL_FOLDER,), install_asl, verify_asl),
 }
 
 
@@ -71,17 +73,19 @@ def download(url: str, path: str, out=print) -> None:
     out(f"  downloaded {done / 1e6:.1f} MB")
 
 
-def unpack(archive: str, top: str, dest: str) -> str:
-    """Unpack the regular files and folders below `top`/ of tar.gz `archive` into `dest`;
-    return ``dest/top``. Members outside `top`/ (or links) are skipped, so nothing is
-    written outside `dest`."""
+def unpack(archive: str, top: str, parts: Sequence[str], dest: str) -> str:
+    """Unpack the regular files and folders `parts` (paths below `top`/) of tar.gz `archive`
+    into `dest`; return ``dest/top``. Other members, links and paths with ``..`` are skipped,
+    so nothing is written outside `dest`."""
+    wanted = tuple(f"{top}/{part}" for part in parts)
     try:
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers()
-                       if (m.isfile() or m.isdir()) and m.name.split("/")[0] == top
-                       and ".." not in m.name.split("/")]
+                       if (m.isfile() or m.isdir()) and ".." not in m.name.split("/")
+                       and any(m.name == w or m.name.startswith(w + "/") for w in wanted)]
             if not members:
-                raise FetchError(f"archive {archive} has no folder {top}/: not this dataset's")
+                raise FetchError(f"archive {archive} has none of {', '.join(wanted)}: not "
+                                 "this dataset's")
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **safe)
     except (tarfile.TarError, EOFError) as e:
@@ -108,7 +112,7 @@ def fetch(name: str, cache: Optional[str] = None, url: Optional[str] = None,
         download(url or source.url, archive, out)
         out(f"{name}: unpacking and checking")
         staged = os.path.join(work, name)
-        source.install(unpack(archive, source.top, work), staged)
+        source.install(unpack(archive, source.top, source.parts, work), staged)
         problem = source.verify(staged)
         if problem:
             raise FetchError(f"{name} from {url or source.url} is not complete: {problem}")
@@ -142,9 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         target = fetch(args.dataset, args.cache, args.url)
     except FetchError as e:
         sys.exit(f"error: {e}")
-    cache = os.path.dirname(target)
-    if cache != fetch_root():
-        print(f"Configs find it with {ENV}={cache} in the environment.")
+    if resolve_data_path(f"{PREFIX}{args.dataset}") != target:  # not found there by configs
+        print(f"Configs find it with {ENV}={os.path.dirname(target)} in the environment.")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 from PIL import Image
 
-FOLDER = os.path.join("datasets", "american_sign_language")
+FOLDER = "datasets/american_sign_language"  # in the archive (tar paths use "/")
 SPLIT_SIZES: Dict[str, int] = {"train": 1512, "valid": 144, "test": 72}  # one box per image
 LETTERS = [chr(ord("A") + i) for i in range(26)]
 CARD = "README.roboflow.txt"
