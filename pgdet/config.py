@@ -159,9 +159,12 @@ def add_pgdet_config(cfg):
     # Seed of the generator: the same seed always produces the same images and boxes.
     _C.DATASETS.DEMO.SEED = 0
 
-    # ---- Pascal-VOC-format datasets read in place (e.g. ../shared/data/bccd) ----
+    # ---- Pascal-VOC-format datasets read in place (e.g. BCCD) ----
     # A list of "name:dir:split" strings; each registers dataset `name` from VOC directory `dir`
-    # (the folder holding Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
+    # (the folder holding Annotations/, JPEGImages/, ImageSets/Main/<split>.txt). Here and in
+    # COCO_JSONS, a path beginning with "$PGDET_DATA/" is found under the data root: $PGDET_DATA,
+    # else ~/.cache/pgdet/data (where `pgdet-fetch-data` writes), else ../shared/data
+    # (pgdet/data/data_root.py, docs/datasets.md); other paths are relative to the current folder.
     _C.DATASETS.VOC_DIRS = []
 
     # ---- COCO-format datasets (e.g. your own export), read with detectron2's COCO loader ----

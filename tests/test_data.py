@@ -1,8 +1,11 @@
 """Datasets: the generated demo, the VOC loader on real BCCD, and the errors for bad input.
 
+The VOC loader's tests read six BCCD images of tests/fixtures/bccd; those about the whole dataset
+run where the full BCCD is in the data root (`pgdet-fetch-data bccd`) and are skipped elsewhere.
 Oracles: raw bytes on disk, pycocotools' COCO reader and COCOeval (perfect predictions must score
-AP 100), torchvision's box_iou, the BCCD statistics in shared/data/README.md (beside the project), boxes copied
-by hand from BCCD's XML, and detectron2's own DatasetMapper.
+AP 100), torchvision's box_iou, BCCD's published statistics (364 images; 4,155 RBC, 372 WBC and
+361 Platelets boxes), the class names counted in the fixture's XML text, boxes copied by hand
+from BCCD's XML, and detectron2's own DatasetMapper.
 """
 import json
 import logging
@@ -24,9 +27,14 @@ from torchvision.ops import box_iou
 import pgdet.data as pdata
 from pgdet.config import add_pgdet_config
 from pgdet.data import demo
+from pgdet.data.data_root import resolve_data_path
 
-BCCD = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data",
-                                    "bccd", "BCCD"))  # shared/ beside the project
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+BCCD = os.path.join(FIXTURES, "bccd", "BCCD")  # six images: train 2, val 2, test 2
+FULL_BCCD = resolve_data_path("$PGDET_DATA/bccd/BCCD")
+needs_full_bccd = pytest.mark.skipif(
+    not os.path.isdir(FULL_BCCD),
+    reason="about the whole BCCD, not in the data root: fetch it with `pgdet-fetch-data bccd`")
 SMALL = dict(num_train=4, num_val=2, image_size=96)
 
 
@@ -201,21 +209,38 @@ def test_coco_evaluator_scores_ground_truth_100_on_demo_and_voc(tmp_path):
 # ---------------------------------------------------------------- VOC loader on BCCD
 
 
-def test_voc_loader_on_bccd(caplog):
-    splits = ("train", "val", "test", "trainval")
+def _load_splits(dirname, caplog, splits=("train", "val", "test", "trainval")):
     for split in splits:
-        pdata.register_voc_dataset(f"test_bccd_{split}", BCCD, split)
+        pdata.register_voc_dataset(f"test_bccd_{split}", dirname, split)
     with caplog.at_level(logging.INFO, logger="pgdet.data.voc"):
-        loaded = {split: DatasetCatalog.get(f"test_bccd_{split}") for split in splits}
-    assert {split: len(d) for split, d in loaded.items()} == {
-        "train": 205, "val": 87, "test": 72, "trainval": 292}
+        return {split: DatasetCatalog.get(f"test_bccd_{split}") for split in splits}
+
+
+def _class_counts_in_xml(dirname, image_ids):
+    """{class name: objects} of `image_ids`, read from the XML text with a regex (not the loader's
+    XML parser)."""
+    counts = {}
+    for image_id in image_ids:
+        with open(os.path.join(dirname, "Annotations", f"{image_id}.xml")) as f:
+            for name in re.findall(r"<name>\s*(\w+)\s*</name>", f.read()):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_voc_loader_on_bccd_images(caplog):
+    loaded = _load_splits(BCCD, caplog)
+    assert {split: [r["image_id"] for r in d] for split, d in loaded.items()} == {
+        "train": ["BloodImage_00087", "BloodImage_00343"],
+        "val": ["BloodImage_00338", "BloodImage_00389"],
+        "test": ["BloodImage_00157", "BloodImage_00390"],
+        "trainval": ["BloodImage_00087", "BloodImage_00338", "BloodImage_00343",
+                     "BloodImage_00389"]}
     assert MetadataCatalog.get("test_bccd_test").thing_classes == ["Platelets", "RBC", "WBC"]
-    # README: RBC 4155, WBC 372, Platelets 361 over all 364 images; trainval + test cover them once.
-    # Both zero-area boxes (in 00338 and 00343) are RBC.
+    # Every object of the XML is loaded but the two zero-area boxes, both RBC (00338, 00343).
     all_images = loaded["trainval"] + loaded["test"]
+    in_xml = _class_counts_in_xml(BCCD, [r["image_id"] for r in all_images])
     classes = [a["category_id"] for r in all_images for a in r["annotations"]]
-    assert np.bincount(classes).tolist() == [361, 4155 - 2, 372]
-    assert len({r["image_id"] for r in all_images}) == 364
+    assert np.bincount(classes).tolist() == [in_xml["Platelets"], in_xml["RBC"] - 2, in_xml["WBC"]]
     assert "dropped 2 degenerate boxes (in BloodImage_00338, BloodImage_00343)" in caplog.text
     assert "dropped 0 degenerate boxes" in caplog.text  # test split: none there
     # Hand-copied from BloodImage_00338.xml: RBC 453 81 555 182 (1-based) -> 452 80 555 182.
@@ -225,6 +250,28 @@ def test_voc_loader_on_bccd(caplog):
     assert record["annotations"][0] == {"category_id": 1, "bbox": [452.0, 80.0, 555.0, 182.0],
                                         "bbox_mode": BoxMode.XYXY_ABS}
     assert len(record["annotations"]) == 13  # 14 objects, one of them the point (504, 337)
+
+
+@needs_full_bccd
+def test_voc_loader_on_the_whole_bccd(caplog):
+    loaded = _load_splits(FULL_BCCD, caplog)
+    assert {split: len(d) for split, d in loaded.items()} == {
+        "train": 205, "val": 87, "test": 72, "trainval": 292}
+    assert MetadataCatalog.get("test_bccd_test").thing_classes == ["Platelets", "RBC", "WBC"]
+    # Published: RBC 4155, WBC 372, Platelets 361 over all 364 images; trainval + test cover them
+    # once. Both zero-area boxes (in 00338 and 00343) are RBC.
+    all_images = loaded["trainval"] + loaded["test"]
+    classes = [a["category_id"] for r in all_images for a in r["annotations"]]
+    assert np.bincount(classes).tolist() == [361, 4155 - 2, 372]
+    assert len({r["image_id"] for r in all_images}) == 364
+    assert "dropped 2 degenerate boxes (in BloodImage_00338, BloodImage_00343)" in caplog.text
+    assert "dropped 0 degenerate boxes" in caplog.text  # test split: none there
+
+
+@needs_full_bccd
+def test_perfect_predictions_score_100_on_the_whole_bccd_test(tmp_path):
+    pdata.register_voc_dataset("test_full_bccd_test", FULL_BCCD, "test")
+    assert _perfect_predictions_ap("test_full_bccd_test", tmp_path) == pytest.approx(100.0)
 
 
 def _write_voc(root, annotations):
@@ -321,17 +368,19 @@ def test_unknown_dataset_lists_registered_names_and_demo_passes(tmp_path):
     assert os.path.isfile(MetadataCatalog.get("pgdet_demo_val").json_file)  # generated by the check
 
 
-def test_register_datasets_from_cfg(tmp_path):
+def test_register_datasets_from_cfg(tmp_path, monkeypatch):
     cfg = add_pgdet_config(get_cfg())
     cfg.DATASETS.DEMO.ROOT = str(tmp_path)
     cfg.DATASETS.DEMO.SEED = 11
-    cfg.DATASETS.VOC_DIRS = [f"test_cfg_bccd_val:{BCCD}:val", f"test_cfg_bccd_test:{BCCD}:test"]
+    cfg.DATASETS.VOC_DIRS = [f"test_cfg_bccd_val:{BCCD}:val",
+                             "test_cfg_bccd_test:$PGDET_DATA/bccd/BCCD:test"]
+    monkeypatch.setenv("PGDET_DATA", FIXTURES)  # the fixture has the data root's layout
     pdata.register_datasets_from_cfg(cfg)
     assert MetadataCatalog.get("pgdet_demo_train").json_file.startswith(str(tmp_path / "v"))
     assert "seed11" in MetadataCatalog.get("pgdet_demo_train").json_file
     bccd_test = MetadataCatalog.get("test_cfg_bccd_test")
     assert (bccd_test.dirname, bccd_test.split) == (BCCD, "test")
-    assert len(DatasetCatalog.get("test_cfg_bccd_val")) == 87
+    assert len(DatasetCatalog.get("test_cfg_bccd_val")) == 2
     cfg.DATASETS.VOC_DIRS = ["no_split_given:/some/dir"]
     with pytest.raises(ValueError, match="name:dir:split"):
         pdata.register_datasets_from_cfg(cfg)

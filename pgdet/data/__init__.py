@@ -5,9 +5,11 @@ in the config, and input checks.
 under the default cache root (nothing is generated until first loaded). A config selects other datasets through:
 
     DATASETS.DEMO.ROOT / DATASETS.DEMO.SEED   where and with which seed the demo is generated
-    DATASETS.VOC_DIRS: ["bccd_trainval:/data/bccd/BCCD:trainval",
-                        "bccd_test:/data/bccd/BCCD:test"]
+    DATASETS.VOC_DIRS: ["bccd_trainval:$PGDET_DATA/bccd/BCCD:trainval",
+                        "bccd_test:$PGDET_DATA/bccd/BCCD:test"]
     DATASETS.COCO_JSONS: ["mydata_train:/data/mydata/train.json:/data/mydata/images"]
+
+(a path beginning with ``$PGDET_DATA/`` is found under the data roots, pgdet/data/data_root.py)
 
 and the trainer calls :func:`register_datasets_from_cfg` then
 :func:`check_datasets_exist` on ``DATASETS.TRAIN + DATASETS.TEST``.
@@ -24,6 +26,7 @@ from .checks import (
     load_training_dicts,
 )
 from .coco_json import parse_coco_json_entry, register_coco_json_dataset
+from .data_root import missing_data_hint, resolve_data_path
 from .demo import CLASS_NAMES as DEMO_CLASS_NAMES
 from .demo import generate_demo_dataset, register_demo_datasets
 from .mapper import CheckedDatasetMapper, ImageReadError
@@ -66,7 +69,8 @@ def parse_voc_dir_entry(entry: str):
 
 def register_datasets_from_cfg(cfg, used: Optional[Iterable[str]] = None) -> None:
     """(Re)register the demo datasets for DATASETS.DEMO.{ROOT, SEED}, each DATASETS.VOC_DIRS
-    folder and each DATASETS.COCO_JSONS file.
+    folder and each DATASETS.COCO_JSONS file, their ``$PGDET_DATA/`` paths resolved
+    (:func:`resolve_data_path`); one found under no data root raises naming the fetch command.
 
     Only the datasets the run `used` (default DATASETS.TRAIN and DATASETS.TEST) must be
     readable: a config inheriting BCCD's entries trains on its own data where BCCD is absent.
@@ -75,16 +79,28 @@ def register_datasets_from_cfg(cfg, used: Optional[Iterable[str]] = None) -> Non
     """
     register_demo_datasets(root=cfg.DATASETS.DEMO.ROOT or None, seed=cfg.DATASETS.DEMO.SEED)
     used = set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST) if used is None else set(used)
-    entries = [(register_voc_dataset, parse_voc_dir_entry(e)) for e in cfg.DATASETS.VOC_DIRS]
-    entries += [(register_coco_json_dataset, parse_coco_json_entry(e))
-                for e in cfg.DATASETS.COCO_JSONS]
-    for register, (name, *paths) in entries:
+    entries = [(register_voc_dataset, ("dirname", None), parse_voc_dir_entry(e))
+               for e in cfg.DATASETS.VOC_DIRS]
+    entries += [(register_coco_json_dataset, ("annotation json", "image root"),
+                 parse_coco_json_entry(e)) for e in cfg.DATASETS.COCO_JSONS]
+    for register, kinds, (name, *paths) in entries:
         try:
-            register(name, *paths)
+            _require_data_root_paths(name, zip(kinds, paths))
+            register(name, *map(resolve_data_path, paths))
         except (DatasetNotFoundError, MalformedAnnotationError) as e:
             if name in used:
                 raise
             logger.info(f"Not registering dataset '{name}', which this run does not use: {e}")
+
+
+def _require_data_root_paths(name: str, kinds_and_paths) -> None:
+    """Raise :class:`DatasetNotFoundError` for dataset `name`'s first ``$PGDET_DATA/`` path found
+    under no data root, saying which command fetches it (`kinds_and_paths`: (what, path) pairs;
+    a what of None marks a field that is not a path, e.g. a VOC split)."""
+    for what, path in kinds_and_paths:
+        hint = missing_data_hint(path) if what else None
+        if hint:
+            raise DatasetNotFoundError(name, what, resolve_data_path(path), hint)
 
 
 register_demo_datasets()
