@@ -357,3 +357,28 @@ def test_model_zoo_batch_is_the_total_over_8_gpus(name):
     scaled = DefaultTrainer.auto_scale_workers(cfg, 8)
     assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SOLVER.BASE_LR) == (16, cfg.SOLVER.BASE_LR)
     assert scaled.SOLVER.IMS_PER_BATCH // 8 == 2
+
+
+@pytest.mark.parametrize("asl,bccd", [
+    ("asl/frcnn_MobileNetV2_FPN_asl.yaml", "bccd/frcnn_MobileNetV2_FPN_bccd.yaml"),
+    ("asl/ft_MobileNetV2_FPN_asl.yaml", "bccd/ft_MobileNetV2_FPN_bccd.yaml"),
+    ("asl/retinanet_MobileNetV2_FPN_asl.yaml", "bccd/retinanet_MobileNetV2_FPN_bccd.yaml"),
+    ("asl/ft_retinanet_MobileNetV2_FPN_asl.yaml", "bccd/ft_retinanet_MobileNetV2_FPN_bccd.yaml"),
+])
+def test_asl_configs_are_bccds_with_26_classes_and_asl_data(asl, bccd):
+    """The 26-letter dataset runs the BCCD detectors unchanged (as the issue's first look did):
+    only the class count, the data, the weights' folder and the output differ, and the fine-tunes
+    start from their ASL baseline."""
+    assert changed_keys(asl, bccd) <= {
+        "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.RETINANET.NUM_CLASSES", "MODEL.WEIGHTS",
+        "DATASETS.VOC_DIRS", "DATASETS.COCO_JSONS", "DATASETS.TRAIN", "DATASETS.TEST", "OUTPUT_DIR"}
+    cfg = load(asl)
+    head = cfg.MODEL.RETINANET if "retinanet" in asl else cfg.MODEL.ROI_HEADS
+    assert head.NUM_CLASSES == 26
+    assert [entry.split(":")[0] for entry in cfg.DATASETS.COCO_JSONS] == [
+        "asl_train", "asl_valid", "asl_test"]
+    assert cfg.DATASETS.TRAIN == ("asl_train", "asl_valid") and cfg.DATASETS.TEST == ("asl_test",)
+    if asl.split("/")[1].startswith("ft_"):
+        baseline = asl.replace("/ft_", "/").replace("frcnn_", "").replace(
+            "asl/MobileNetV2", "asl/frcnn_MobileNetV2")
+        assert cfg.MODEL.WEIGHTS == f"{load(baseline).OUTPUT_DIR}/model_final.pth"
