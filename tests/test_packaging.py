@@ -31,8 +31,9 @@ def _outside_env():
     return dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS="1")
 
 
-def test_the_four_commands_are_declared():
-    assert set(SCRIPTS) == {"pgdet-train", "pgdet-lazy-train", "pgdet-table1", "pgdet-predict"}
+def test_the_five_commands_are_declared():
+    assert set(SCRIPTS) == {"pgdet-train", "pgdet-lazy-train", "pgdet-table1", "pgdet-predict",
+                            "pgdet-fetch-data"}
     assert PYPROJECT["project"]["license"] == {"text": "Apache-2.0"}
     assert {"pretrained", "bench", "test", "lazy"} <= set(PYPROJECT["project"]
                                                          ["optional-dependencies"])
