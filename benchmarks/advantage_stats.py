@@ -35,7 +35,7 @@ import pgdet  # noqa: F401  (registers pgdet's components)
 import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.data import register_datasets_from_cfg
 from pgdet.engine import Trainer, build_cfg
-from pgdet.modeling.pg.policy_gradient import PGSettings, compute_advantages
+from pgdet.modeling.pg.policy_gradient import compute_advantages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (label, reward estimator, NMS on sampled sets, baseline r')

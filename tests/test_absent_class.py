@@ -1,20 +1,12 @@
 """benchmarks/absent_class.py against a hand-computed case (COCO AP by hand)."""
-import importlib.util
 import json
-import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def absent_class():
-    spec = importlib.util.spec_from_file_location(
-        "absent_class", os.path.join(REPO, "benchmarks", "absent_class.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def absent_class(benchmark_script):
+    return benchmark_script("absent_class")
 
 
 def _run_dir(tmp_path, detections):

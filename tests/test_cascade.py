@@ -12,7 +12,7 @@ import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_roi_heads
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from test_coco_json import write_tiny_coco
 from test_mask_rcnn import (

@@ -18,7 +18,7 @@ from pycocotools.cocoeval import COCOeval
 from test_pg_estimators import _pg_cfg
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES, _image
 from test_pg_retinanet import _batch, _models
-from test_reward import _xywh, random_case
+from test_reward import _xywh, padded_image_sets, random_case
 
 from pgdet.modeling.pg.dataset_reward import _answering_tps, dataset_ap
 from pgdet.modeling.pg.pg_options import log_pg_stats
@@ -30,12 +30,7 @@ from pgdet.modeling.pg.reward_memory import RewardMemory
 TOLERANCE = 1e-9
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def coco_dataset_ap(images):
@@ -73,26 +68,7 @@ def coco_dataset_ap(images):
 
 def _padded(cases):
     """image_ap's / match_sets' arguments for several random_case images."""
-    N = max(len(c["det_scores"]) for c in cases)
-    G = max(len(c["gt_classes"]) for c in cases)
-    S = max(len(c["membership"]) for c in cases)
-    B = len(cases)
-    det_boxes, det_scores = torch.zeros(B, N, 4), torch.zeros(B, N)
-    det_classes = torch.full((B, N), -1)
-    membership = torch.zeros(B, S, N, dtype=torch.bool)
-    gt_boxes, gt_classes = torch.zeros(B, G, 4), torch.full((B, G), -1)
-    gt_valid = torch.zeros(B, G, dtype=torch.bool)
-    for b, c in enumerate(cases):
-        n, g, s = len(c["det_scores"]), len(c["gt_classes"]), len(c["membership"])
-        det_boxes[b, :n] = torch.from_numpy(c["det_boxes"])
-        det_scores[b, :n] = torch.from_numpy(c["det_scores"])
-        det_classes[b, :n] = torch.from_numpy(c["det_classes"])
-        membership[b, :s, :n] = torch.from_numpy(c["membership"])
-        gt_boxes[b, :g] = torch.from_numpy(c["gt_boxes"])
-        gt_classes[b, :g] = torch.from_numpy(c["gt_classes"])
-        gt_valid[b, :g] = True
-    return (det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes, gt_valid,
-            COCO_IOU_THRESHOLDS, 100)
+    return padded_image_sets(cases) + (COCO_IOU_THRESHOLDS, 100)
 
 
 def _score(cases, memory):

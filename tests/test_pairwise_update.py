@@ -1,20 +1,15 @@
 """MODEL.PG.UPDATE pairwise against independent oracles: each pair's ΔAP by pycocotools' COCOeval
 on D (a textbook NMS loop) and on D with the pair exchanged; the loss and its gradient by hand;
 bad options rejected in one line; a few training iterations on the demo config."""
-import contextlib
-import io
 import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from test_pg_estimators import _reference_d
-from test_pg_loss import NUM_CLASSES, _coco_ap, _image, _predictor
+from test_pg_loss import NUM_CLASSES, _coco_ap, _image, _predictor, one_image_cocoeval
 
 import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.engine import ConfigError, Trainer, build_cfg
@@ -28,27 +23,12 @@ PAIRWISE = ["MODEL.PG.UPDATE", "pairwise", "MODEL.PG.REWARD_ESTIMATOR", "swap"]
 
 def _coco_true_positives(boxes, scores, classes, gt_boxes, gt_classes):
     """[n] bool: COCOeval's match of each detection at IoU 0.5 (its dtMatches, area "all")."""
-    gt = COCO()
-    gt.dataset = {
-        "images": [{"id": 1}],
-        "categories": [{"id": c} for c in range(NUM_CLASSES)],
-        "annotations": [
-            {"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": 0,
-             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}
-            for i, (b, c) in enumerate(zip(gt_boxes.tolist(), gt_classes.tolist()))
-        ],
-    }
-    dets = np.array([[1, b[0], b[1], b[2] - b[0], b[3] - b[1], s, c]
-                     for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())])
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-        ev.evaluate()
+    ev = one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes)
     matched = set()  # loadRes numbers the detections 1..n in the given order
     for e in ev.evalImgs:
         if e is not None and e["aRng"] == [0, 1e10]:
             matched.update(d for d, m in zip(e["dtIds"], e["dtMatches"][0]) if m > 0)
-    return [i + 1 in matched for i in range(len(dets))]
+    return [i + 1 in matched for i in range(len(boxes))]
 
 
 def _case(seeds):

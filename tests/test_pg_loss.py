@@ -116,8 +116,10 @@ def test_gradient_is_eq11_closed_form(monkeypatch, gamma, scale):
     )
 
 
-def _coco_ap(boxes, scores, classes, gt_boxes, gt_classes):
-    """pycocotools' stats[0] on one image: the oracle for a detection set's reward."""
+def one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes):
+    """pycocotools' COCOeval, evaluated (per-image matching done), of one image's detections
+    (XYXY boxes [n, 4], scores [n], classes [n]) against its GTs; detections numbered 1..n in
+    the given order. None without detections (loadRes refuses an empty list)."""
     gt = COCO()
     gt.dataset = {
         "images": [{"id": 1}],
@@ -131,11 +133,20 @@ def _coco_ap(boxes, scores, classes, gt_boxes, gt_classes):
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
         if len(boxes) == 0:
-            return 0.0
+            return None
         dets = np.array([[1, b[0], b[1], b[2] - b[0], b[3] - b[1], s, c]
                          for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())])
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
         ev.evaluate()
+    return ev
+
+
+def _coco_ap(boxes, scores, classes, gt_boxes, gt_classes):
+    """pycocotools' stats[0] on one image: the oracle for a detection set's reward."""
+    ev = one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes)
+    if ev is None:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.accumulate()
         ev.summarize()
     return max(ev.stats[0], 0.0)

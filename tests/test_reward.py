@@ -17,6 +17,8 @@ from pycocotools.cocoeval import COCOeval
 
 from pgdet.modeling.pg.reward import COCO_IOU_THRESHOLDS, image_ap
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # thousands of small calls
+
 NUM_CASES = 320
 TOLERANCE = 1e-6
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -163,8 +165,11 @@ def random_case(rng):
     }
 
 
-def as_batch(cases, thresholds=COCO_IOU_THRESHOLDS, max_dets=100, rng=None):
-    """image_ap on several cases padded together; padding GTs get real-looking boxes."""
+def padded_image_sets(cases, rng=None):
+    """Several cases padded together into image_ap's (and match_sets') first seven arguments:
+    det boxes [B, N, 4], scores [B, N], classes [B, N] (-1: padding), membership [B, S, N],
+    GT boxes [B, G, 4], classes [B, G], valid [B, G]. Padding GTs get real-looking boxes, so a
+    padded GT that were not masked out would change the AP."""
     N = max(len(c["det_scores"]) for c in cases)
     G = max(len(c["gt_classes"]) for c in cases)
     S = max(len(c["membership"]) for c in cases)
@@ -186,21 +191,16 @@ def as_batch(cases, thresholds=COCO_IOU_THRESHOLDS, max_dets=100, rng=None):
         gt_boxes[b, :g] = torch.from_numpy(c["gt_boxes"])
         gt_classes[b, :g] = torch.from_numpy(c["gt_classes"])
         gt_valid[b, :g] = True
-    return image_ap(det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes,
-                    gt_valid, thresholds, max_dets)
+    return det_boxes, det_scores, det_classes, membership, gt_boxes, gt_classes, gt_valid
+
+
+def as_batch(cases, thresholds=COCO_IOU_THRESHOLDS, max_dets=100, rng=None):
+    """image_ap on several cases padded together."""
+    return image_ap(*padded_image_sets(cases, rng), thresholds, max_dets)
 
 
 def single(case, **kwargs):
     return as_batch([case], **kwargs)[0].double().numpy()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Thousands of small calls: intra-op threads only add waiting on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Build the config of a run from a YAML file and ``KEY VALUE`` overrides, with clear errors."""
 import difflib
-import os
 import re
 
 from detectron2.engine import default_setup
