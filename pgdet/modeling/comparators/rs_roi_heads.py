@@ -6,7 +6,8 @@ every proposal of the RPN (plus the appended ground truth) is a training RoI, as
 ``label_and_sample_proposals`` is given an unbounded batch size and a positive fraction of 1, so
 detectron2's sampler keeps everything. The box predictor is :class:`RSFastRCNNOutputLayers`.
 With ``MODEL.RS_LOSS.ENABLED False`` these heads are PGROIHeads, i.e. StandardROIHeads.
-The RPN keeps detectron2's loss (the paper also trains it with RS loss; see README).
+The RPN keeps detectron2's loss (the paper also trains it with RS loss; see
+docs/method-and-options.md, "Rank & Sort loss").
 """
 import sys
 
