@@ -84,10 +84,11 @@ def add_pgdet_config(cfg):
     # batch alone); the cost of the reward grows with it.
     _C.MODEL.PG.REWARD_MEMORY_IMAGES = 500
     # Beyond the paper: how the reward moves the classifier. "weighted_ce" (the paper): the
-    # cross-entropy weighted by c·A + γ. "pairwise" (two-stage only, needs REWARD_ESTIMATOR
-    # swap): γ · cross-entropy plus c · a logistic loss on the class log-odds of each pair of
-    # boxes whose order decides AP (a candidate and its NMS suppressor; a false positive of D
-    # above a true positive of its class), weighted by the exact |ΔAP| of exchanging them
+    # cross-entropy weighted by c·A + γ. "pairwise" (needs REWARD_ESTIMATOR swap): γ ·
+    # cross-entropy (RetinaNet/FCOS: focal loss) plus c · a logistic loss on the class
+    # log-odds (one-stage: the logits) of each pair of boxes whose order decides AP (a
+    # candidate and its NMS suppressor; a false positive of D above a true positive of its
+    # class), weighted by the exact |ΔAP| of exchanging them
     # (pgdet/modeling/pg/pairwise_update.py).
     _C.MODEL.PG.UPDATE = "weighted_ce"
     # UPDATE pairwise: the most false-positive / true-positive pairs per image (those of the

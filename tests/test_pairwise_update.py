@@ -1,19 +1,26 @@
 """MODEL.PG.UPDATE pairwise against independent oracles: each pair's ΔAP by pycocotools' COCOeval
-on D (a textbook NMS loop) and on D with the pair exchanged; the loss and its gradient by hand;
-bad options rejected in one line; a few training iterations on the demo config."""
+on D (a textbook NMS loop) and on D with the pair exchanged, for the two-stage and the dense
+detectors; the loss and its gradient by hand; bad options rejected in one line; a few training
+iterations on the demo config."""
 import json
 import math
 import os
 
 import pytest
 import torch
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from test_pg_estimators import _reference_d
+from test_pg_inference_sets import IDENTITY
 from test_pg_loss import NUM_CLASSES, _coco_ap, _image, _predictor, one_image_cocoeval
 
+import pgdet.modeling.pg.dense_policy_gradient as dense
 import pgdet.modeling.pg.pg_output_layers as pg_output_layers
 from pgdet.engine import ConfigError, Trainer, build_cfg
-from pgdet.modeling.pg.pairwise_update import OrderPairs, pairwise_order_loss
+from pgdet.modeling.pg.pairwise_update import (
+    OrderPairs, dense_pairwise_order_loss, pairwise_order_loss,
+)
+from pgdet.modeling.pg.pg_options import PGOptions
 from pgdet.modeling.pg.policy_gradient import PGAdvantages, PGSettings, compute_advantages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,12 +215,75 @@ def test_bad_update_options_fail_in_one_line(opts, key):
     assert key in str(e.value) and "\n" not in str(e.value)
 
 
-def test_one_stage_detectors_reject_pairwise_in_one_line():
-    cfg = build_cfg(os.path.join(os.path.dirname(DEMO), "retinanet_MobileNetV2_FPN_demo.yaml"),
-                    ["MODEL.PG.ENABLED", "True", *PAIRWISE])
-    with pytest.raises(ConfigError) as e:
-        Trainer.build_model(cfg)
-    assert "MODEL.PG.UPDATE pairwise" in str(e.value) and "\n" not in str(e.value)
+def test_dense_pair_loss_and_gradient_by_hand():
+    """One-stage slots are (anchor, class) sigmoids, whose log-odds are the logits: pair
+    (slot 1 above, slot 4 below) of logits 2.5 and 0.5, ℓ = |ΔAP| softplus(−sign(ΔAP)(x_b −
+    x_a)); dℓ/dx_a = sign·|ΔAP|·σ(−m), dℓ/dx_b = −sign·|ΔAP|·σ(−m), 0 elsewhere. A logit at
+    which float32 rounds p to 1 keeps a finite loss."""
+    x = [[[0.0, 2.5, -1.0], [3.0, 0.5, -2.0]]]  # [N=1, R=2, K=3]: slot 1 = (0, 1), 4 = (1, 1)
+    for delta in (0.3, -0.2):
+        logits = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        pairs = OrderPairs(torch.tensor([1]), torch.tensor([1]), torch.tensor([4]),
+                           torch.tensor([1]), torch.tensor([delta], dtype=torch.float64),
+                           torch.tensor([True]))
+        loss = dense_pairwise_order_loss(torch.nn.functional.logsigmoid(logits), pairs)
+        (grad,) = torch.autograd.grad(loss, logits)
+        sign = 1 if delta > 0 else -1
+        margin = sign * (0.5 - 2.5)
+        assert loss.item() == pytest.approx(abs(delta) * _softplus(-margin), rel=1e-9)
+        push = abs(delta) * _sigmoid(-margin)
+        expected = torch.zeros_like(logits)
+        expected[0, 0, 1], expected[0, 1, 1] = sign * push, -sign * push
+        torch.testing.assert_close(grad, expected)
+    saturated = torch.tensor([[[120.0, 0.0]]], requires_grad=True)
+    pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), torch.tensor([1]),
+                       torch.tensor([0.5]), torch.tensor([False]))
+    loss = dense_pairwise_order_loss(torch.nn.functional.logsigmoid(saturated), pairs)
+    assert torch.isfinite(loss) and torch.isfinite(torch.autograd.grad(loss, saturated)[0]).all()
+
+
+def test_dense_pairs_are_the_hand_derived_ones_with_pycocotools_delta_ap(monkeypatch):
+    """A one-class dense detector whose boxes are its anchors: s [14,14,54,54] at 0.9 covers
+    GT g1 [10,10,50,50] at IoU 0.68 and suppresses the positive anchor b on g1 itself (0.8);
+    a false positive f far from any GT at 0.95; t [102,102,142,142] at 0.7 on GT g2. D = {f, s,
+    t}, and the pairs are exactly (s above b, a suppression) and (f above s), (f above t), each
+    with pycocotools' AP change of its exchange; slots are the anchors (K = 1)."""
+    s_box, b_box = [14.0, 14.0, 54.0, 54.0], [10.0, 10.0, 50.0, 50.0]
+    f_box, t_box = [200.0, 200.0, 240.0, 240.0], [102.0, 102.0, 142.0, 142.0]
+    anchors = [s_box, b_box, f_box, t_box]
+    scores = torch.tensor([0.9, 0.8, 0.95, 0.7])[None, :, None]  # [N=1, A=4, K=1]
+    gt = Instances((300, 300), gt_boxes=Boxes(torch.tensor([b_box, [100.0, 100.0, 140.0, 140.0]])),
+                   gt_classes=torch.zeros(2, dtype=torch.long))
+    seen = []
+    real = dense.advantages_of_images
+    monkeypatch.setattr(dense, "advantages_of_images",
+                        lambda images, *a: seen.append(real(images, *a)) or seen[-1])
+    with EventStorage():
+        dense.dense_pg_loss(
+            scores.log(), [scores], [torch.zeros(1, 4, 4)], [Boxes(torch.tensor(anchors))],
+            [torch.tensor([0, 0, 1, 0])], [gt], [(300, 300)], IDENTITY,
+            dense.DenseInference(0.05, 1000, 0.5, 100),
+            PGOptions(enabled=True, settings=PGSettings(reward_estimator="swap",
+                                                        update="pairwise")), normalizer=1.0)
+    pairs = seen[0].order_pairs
+    got = {(a, b, bool(k)): d for a, b, k, d in zip(
+        pairs.above_slot.tolist(), pairs.below_slot.tolist(), pairs.suppression.tolist(),
+        pairs.delta_ap.tolist())}
+
+    def ap(boxes, set_scores):
+        return _coco_ap(torch.tensor(boxes), torch.tensor(set_scores),
+                        torch.zeros(len(boxes), dtype=torch.long), gt.gt_boxes.tensor,
+                        gt.gt_classes, num_classes=1)
+
+    base = ap([f_box, s_box, t_box], [0.95, 0.9, 0.7])
+    expected = {
+        (0, 1, True): ap([f_box, b_box, t_box], [0.95, 0.8, 0.7]) - base,
+        (2, 0, False): ap([f_box, s_box, t_box], [0.9, 0.95, 0.7]) - base,
+        (2, 3, False): ap([f_box, s_box, t_box], [0.7, 0.9, 0.95]) - base,
+    }
+    assert got.keys() == expected.keys()
+    for key, delta in expected.items():
+        assert delta != 0 and got[key] == pytest.approx(delta, abs=2e-6), key
 
 
 def test_demo_training_with_pairwise_logs_the_pairs(tmp_path):

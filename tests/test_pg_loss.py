@@ -116,14 +116,15 @@ def test_gradient_is_eq11_closed_form(monkeypatch, gamma, scale):
     )
 
 
-def one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes):
+def one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes, num_classes=NUM_CLASSES):
     """pycocotools' COCOeval, evaluated (per-image matching done), of one image's detections
-    (XYXY boxes [n, 4], scores [n], classes [n]) against its GTs; detections numbered 1..n in
-    the given order. None without detections (loadRes refuses an empty list)."""
+    (XYXY boxes [n, 4], scores [n], classes [n] in [0, num_classes)) against its GTs;
+    detections numbered 1..n in the given order. None without detections (loadRes refuses an
+    empty list)."""
     gt = COCO()
     gt.dataset = {
         "images": [{"id": 1}],
-        "categories": [{"id": c} for c in range(NUM_CLASSES)],
+        "categories": [{"id": c} for c in range(num_classes)],
         "annotations": [
             {"id": i + 1, "image_id": 1, "category_id": int(c), "iscrowd": 0,
              "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}
@@ -141,9 +142,9 @@ def one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes):
     return ev
 
 
-def _coco_ap(boxes, scores, classes, gt_boxes, gt_classes):
+def _coco_ap(boxes, scores, classes, gt_boxes, gt_classes, num_classes=NUM_CLASSES):
     """pycocotools' stats[0] on one image: the oracle for a detection set's reward."""
-    ev = one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes)
+    ev = one_image_cocoeval(boxes, scores, classes, gt_boxes, gt_classes, num_classes)
     if ev is None:
         return 0.0
     with contextlib.redirect_stdout(io.StringIO()):

@@ -226,6 +226,12 @@ def test_kept_box_credit_goes_to_the_detected_logit():
     assert not pg.candidate_mask[image.num_slots:].any(), "image without ground truth"
 
 
+# UPDATE pairwise needs swap with the credits and the norm at their defaults
+PAIRWISE = ["MODEL.PG.UPDATE", "pairwise", "MODEL.PG.REWARD_ESTIMATOR", "swap",
+            "MODEL.PG.KEPT_BOX_CREDIT", "False", "MODEL.PG.SUPPRESSOR_CREDIT", "False",
+            "MODEL.PG.ADVANTAGE_NORM", "none"]
+
+
 # the paper-literal term over the config's one-stage choice (swap, both credits, image_max, c 0.5)
 PAPER_TERM = ["MODEL.PG.REWARD_ESTIMATOR", "joint", "MODEL.PG.KEPT_BOX_CREDIT", "False",
               "MODEL.PG.SUPPRESSOR_CREDIT", "False", "MODEL.PG.ADVANTAGE_NORM", "none",
@@ -237,6 +243,7 @@ PAPER_TERM = ["MODEL.PG.REWARD_ESTIMATOR", "joint", "MODEL.PG.KEPT_BOX_CREDIT", 
     PAPER_TERM,
     [*PAPER_TERM, "MODEL.PG.REWARD_ESTIMATOR", "reinforce", "MODEL.PG.SAMPLE_NMS", "True",
      "MODEL.PG.GAMMA", "0.0"],
+    PAIRWISE,
 ])
 def test_two_training_iterations_with_pg(options):
     """Random weights, a batch with an unannotated image: finite losses and gradients, and the

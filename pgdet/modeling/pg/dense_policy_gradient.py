@@ -45,6 +45,13 @@ detected class) of each box of D, ``SUPPRESSOR_CREDIT`` to the suppressor's, wit
 logit *is* that box's Bernoulli, whatever the anchor's label: D also holds boxes of background
 and ignored anchors). ``INCLUDE_GT_PROPOSALS`` means nothing here: no boxes are appended.
 
+``UPDATE pairwise`` (:mod:`pgdet.modeling.pg.pairwise_update`) replaces the REINFORCE term by
+the order loss of the pairs whose order decides AP (a candidate and its suppressor, a false
+positive above a true positive of its class in D), on the slots' logits: a sigmoid's log-odds
+is its logit, so the margin of a pair is the difference of two logits, and L_cls = γ · FL +
+c · Σ_pairs ℓ / N_pos. FCOS ranks D by sqrt(p · σ(centerness)); the pairs are found in that
+order, and the loss moves the class logits only (the centerness keeps its own loss).
+
 Logged as for the two-stage method, ``pg/mean_weight`` and ``pg/negative_weight_frac`` being
 over the slots that have an advantage: c·A + γ there is the weight the term would have had,
 the focal loss being cross-entropy.
@@ -57,6 +64,7 @@ from detectron2.layers import batched_nms, cat
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
+from .pairwise_update import dense_pairwise_order_loss, log_pair_stats
 from .pg_options import PGOptions, action_generator, log_pg_stats
 from .pg_output_layers import NonFiniteOutputsError
 from .policy_gradient import PGImage, advantages_of_images
@@ -160,7 +168,10 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
                   box2box_transform, inference: DenseInference, options: PGOptions,
                   normalizer: float, policy: Optional[List[torch.Tensor]] = None,
                   reward_memory: Optional[RewardMemory] = None) -> torch.Tensor:
-    """The PG term ``c · Σ A · (−log p) / normalizer`` of a batch, logging ``pg/*``.
+    """The PG term ``c · Σ A · (−log p) / normalizer`` of a batch, logging ``pg/*``; with
+    MODEL.PG.UPDATE pairwise ``c · Σ_pairs ℓ / normalizer`` instead (the order loss of
+    :mod:`pgdet.modeling.pg.pairwise_update` on the (anchor, class) logits, whose log-odds
+    are the logits themselves).
 
     log_probs: [N, R, K] log-probabilities of the (anchor, class) Bernoullis, with gradient
         (RetinaNet: log σ of the class logits), R anchors over all levels;
@@ -189,4 +200,8 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
         advantages = pg.advantages.view_as(log_probs)
         weights = options.reward_scale * pg.advantages[pg.candidate_mask] + options.gamma
     log_pg_stats(storage, pg, weights, time.perf_counter() - start)
+    if pg.order_pairs is not None:
+        log_pair_stats(storage, pg.order_pairs)
+        pair_loss = dense_pairwise_order_loss(log_probs, pg.order_pairs)
+        return options.reward_scale * pair_loss / normalizer
     return -options.reward_scale * (advantages * log_probs).sum() / normalizer

@@ -47,6 +47,11 @@ The classification loss of the batch is then
 R the sampled RoIs of the batch, as detectron2 normalises its CE (γ = MODEL.PG.GAMMA,
 c = MODEL.PG.REWARD_SCALE): a pair moves its two logits by about c·|ΔAP| / R, the size by which
 the weighted CE moves one RoI by its advantage.
+
+One-stage detectors (RetinaNet, FCOS). The pairs are found the same way over D and the
+positive anchors (:mod:`pgdet.modeling.pg.dense_policy_gradient`); a box is an (anchor, class)
+sigmoid, whose log-odds is its logit x itself, so ``m = sign(ΔAP) · (x_b − x_a)`` and
+``L_cls = γ · FL + c · Σ_pairs ℓ / N_pos`` with the focal loss's normaliser.
 """
 from typing import List, NamedTuple
 
@@ -174,15 +179,42 @@ def class_log_odds(logits: torch.Tensor, slots: torch.Tensor,
     return own - others
 
 
+def order_loss(z_above: torch.Tensor, z_below: torch.Tensor,
+               delta_ap: torch.Tensor) -> torch.Tensor:
+    """Σ over P pairs of |ΔAP| · softplus(−sign(ΔAP) · (z_below − z_above)), unnormalised.
+
+    z_above, z_below: [P] the log-odds of the box ranked above in D and of the one below;
+    delta_ap: [P] the change of AP from exchanging their order."""
+    delta = delta_ap.to(z_above.dtype)
+    return (delta.abs() * F.softplus(-torch.sign(delta) * (z_below - z_above))).sum()
+
+
 def pairwise_order_loss(logits: torch.Tensor, pairs: OrderPairs) -> torch.Tensor:
-    """Σ over the pairs of |ΔAP| · softplus(−sign(ΔAP) · (z_below − z_above)), unnormalised.
+    """:func:`order_loss` of a two-stage batch, on the class log-odds of the softmax.
 
     logits: [R, K+1] the box predictor's class logits of the batch's sampled RoIs.
     """
-    z_above = class_log_odds(logits, pairs.above_slot, pairs.above_class)
-    z_below = class_log_odds(logits, pairs.below_slot, pairs.below_class)
-    delta = pairs.delta_ap.to(logits.dtype)
-    return (delta.abs() * F.softplus(-torch.sign(delta) * (z_below - z_above))).sum()
+    return order_loss(class_log_odds(logits, pairs.above_slot, pairs.above_class),
+                      class_log_odds(logits, pairs.below_slot, pairs.below_class),
+                      pairs.delta_ap)
+
+
+def dense_pairwise_order_loss(log_probs: torch.Tensor, pairs: OrderPairs) -> torch.Tensor:
+    """:func:`order_loss` of a one-stage batch, on the (anchor, class) logits.
+
+    log_probs: [N, R, K] log σ(x) of the class logits; a slot indexes them flattened (image,
+    anchor, class), so the pairs' classes are already in their slots. Each slot is its own
+    Bernoulli, whose log-odds is the logit itself: z = log p − log(1 − p) = x, computed from
+    log p (log(1 − p) = log(−expm1(log p)), stable for p → 1; log p is capped just below 0
+    so that a slot at p = 1 in float32 keeps a finite z).
+    """
+    flat = log_probs.flatten()
+
+    def log_odds(slots):
+        log_p = flat[slots].clamp(max=-1e-30)
+        return log_p - torch.log(-torch.expm1(log_p))
+
+    return order_loss(log_odds(pairs.above_slot), log_odds(pairs.below_slot), pairs.delta_ap)
 
 
 def log_pair_stats(storage, pairs: OrderPairs):

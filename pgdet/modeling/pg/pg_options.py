@@ -17,20 +17,15 @@ CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascade
 
 
 def check_pg_options(enabled: bool, gamma: float, reward_scale: float, settings: PGSettings,
-                     use_sigmoid_ce: bool, dense: bool = False):
+                     use_sigmoid_ce: bool):
     """Fail at build time, naming the MODEL.PG key, when a PG option cannot work.
 
     On plain values, so every construction path runs it: :func:`check_pg_config` (a YAML
     config) and :class:`PGFastRCNNOutputLayers` on the arguments it is built with (a LazyConfig
     passes them explicitly; ``pg_<key>`` and ``PGSettings.<key>`` are MODEL.PG.<KEY> in lower
-    case), so both paths fail with the same messages. `dense`: a one-stage detector, whose
-    (anchor, class) slots have no pairwise update.
+    case), so both paths fail with the same messages.
     """
     problems = _pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce)
-    if dense and settings.update == "pairwise":
-        problems.append("MODEL.PG.UPDATE pairwise is implemented for the two-stage box "
-                        "predictor (PGROIHeads) only: use UPDATE weighted_ce with one-stage "
-                        "detectors")
     raise_if_invalid("policy-gradient", problems)
 
 
