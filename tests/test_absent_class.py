@@ -46,3 +46,15 @@ def test_a_confident_absent_class_detection_halves_its_class_ap(absent_class, tm
     assert stats.ap_without_absent == pytest.approx(100.0)
     absent_class.main([run])
     assert "| 75.00 | 100.00 (+25.00) |" in capsys.readouterr().out
+
+
+def test_absent_class_credit_summary_by_hand(benchmark_script):
+    """Two absent-class boxes (A −0.2 and +0.4) and three others (A 0.1, 0, −0.3)."""
+    credit = benchmark_script("absent_class_credit")
+    rows = [(True, 0.9, -0.2), (True, 0.3, 0.4), (False, 0.8, 0.1), (False, 0.6, 0.0),
+            (False, 0.2, -0.3)]
+    absent, other = credit.summary(rows).splitlines()
+    assert absent.startswith("absent-class boxes of D: 2 (1 at score >= 0.5)")
+    assert "A < 0: 0.500 | A > 0: 0.500 | mean A +0.1000 | mean |A| 0.3000" in absent
+    assert other.startswith("other boxes of D: 3 (2 at score >= 0.5)")
+    assert "A < 0: 0.333 | A > 0: 0.333 | mean A -0.0667 | mean |A| 0.1333" in other
