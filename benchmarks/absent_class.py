@@ -15,9 +15,10 @@ both the share and the gap.
 
     python benchmarks/absent_class.py output/table1_bccd/baseline_seed1 output/table1_bccd/*/baseline1_seed0
 
-A run folder is one with ``inference/<test set>/coco_instances_results.json`` and the
-``<test set>_coco_format.json`` COCOEvaluator caches beside it; ``--gt`` and ``--results`` name
-the two files directly instead.
+A run folder is one with ``inference/<test set>/coco_instances_results.json`` and either the
+``<test set>_coco_format.json`` COCOEvaluator caches beside it or, for a COCO-json test set
+(``DATASETS.COCO_JSONS``, e.g. ASL), that entry in the run's ``config.yaml``; ``--gt`` and
+``--results`` name the two files directly instead.
 """
 import argparse
 import contextlib
@@ -73,15 +74,44 @@ def absent_class_stats(gt_json: str, results: List[Dict]) -> AbsentClassStats:
 
 
 def _run_files(run_dir: str) -> tuple:
-    """(ground-truth json, results json) that COCOEvaluator wrote in `run_dir`."""
+    """(ground-truth json, results json) of the evaluated model in `run_dir`.
+
+    COCOEvaluator writes the test set's ground truth as ``<set>_coco_format.json`` beside the
+    results only for datasets that are not COCO json already; for a ``DATASETS.COCO_JSONS``
+    dataset the ground truth is that entry's json, read from the run's ``config.yaml``.
+    """
     found = sorted(glob.glob(os.path.join(run_dir, "inference", "*", "coco_instances_results.json")))
     if not found:
         sys.exit(f"error: {run_dir} has no inference/<test set>/coco_instances_results.json")
     folder = os.path.dirname(found[0])
-    gt = os.path.join(folder, f"{os.path.basename(folder)}_coco_format.json")
+    name = os.path.basename(folder)
+    gt = os.path.join(folder, f"{name}_coco_format.json")
     if not os.path.isfile(gt):
-        sys.exit(f"error: {gt} is missing: pass --gt <the test set's COCO json>")
+        gt = _coco_json_of(run_dir, name)
+    if gt is None or not os.path.isfile(gt):
+        sys.exit(f"error: no ground truth found for {name} (neither {name}_coco_format.json in "
+                 f"{folder} nor a DATASETS.COCO_JSONS entry of {run_dir}/config.yaml): pass "
+                 "--gt <the test set's COCO json> --results <its coco_instances_results.json>")
     return gt, found[0]
+
+
+def _coco_json_of(run_dir: str, name: str):
+    """The annotation json of dataset `name` in the run's DATASETS.COCO_JSONS, its
+    ``$PGDET_DATA/`` prefix resolved as the configs' are; None if the run has no such entry."""
+    import yaml
+
+    from pgdet.data.data_root import resolve_data_path
+
+    config = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        entries = (yaml.safe_load(f) or {}).get("DATASETS", {}).get("COCO_JSONS", [])
+    for entry in entries:
+        fields = entry.split(":")
+        if len(fields) == 3 and fields[0] == name:
+            return resolve_data_path(fields[1])
+    return None
 
 
 def main(argv=None):

@@ -9,21 +9,30 @@ def absent_class(benchmark_script):
     return benchmark_script("absent_class")
 
 
-def _run_dir(tmp_path, detections):
+def _run_dir(tmp_path, detections, coco_json_dataset=False):
     """A run folder as COCOEvaluator leaves it: image 1 holds a class-1 object, image 2 a
-    class-2 object, both [0, 0, 10, 10] (XYWH)."""
+    class-2 object, both [0, 0, 10, 10] (XYWH). With `coco_json_dataset` the test set is a
+    DATASETS.COCO_JSONS entry of the run's config.yaml, and no ``_coco_format.json`` is written
+    (COCOEvaluator writes none for a COCO-json dataset)."""
     folder = tmp_path / "run" / "inference" / "toy_test"
     folder.mkdir(parents=True)
     gt = {"images": [{"id": i, "width": 50, "height": 50, "file_name": f"{i}.jpg"} for i in (1, 2)],
           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
           "annotations": [{"id": i, "image_id": i, "category_id": i, "bbox": [0, 0, 10, 10],
                            "area": 100, "iscrowd": 0} for i in (1, 2)]}
-    (folder / "toy_test_coco_format.json").write_text(json.dumps(gt))
+    if coco_json_dataset:
+        (tmp_path / "toy.json").write_text(json.dumps(gt))
+        (tmp_path / "run" / "config.yaml").write_text(
+            f"DATASETS:\n  COCO_JSONS:\n  - toy_test:{tmp_path / 'toy.json'}:{tmp_path}\n")
+    else:
+        (folder / "toy_test_coco_format.json").write_text(json.dumps(gt))
     (folder / "coco_instances_results.json").write_text(json.dumps(detections))
     return str(tmp_path / "run")
 
 
-def test_a_confident_absent_class_detection_halves_its_class_ap(absent_class, tmp_path, capsys):
+@pytest.mark.parametrize("coco_json_dataset", [False, True])
+def test_a_confident_absent_class_detection_halves_its_class_ap(absent_class, tmp_path, capsys,
+                                                                coco_json_dataset):
     """Class b: the absent-class false positive on image 1 (0.8) ranks above image 2's true
     positive (0.6): precision 1/2 at recall 1, AP_b = 0.5 at every IoU threshold; class a: 1.
     Dataset AP (1 + 0.5) / 2 = 75; without that detection 100. One of three detections
@@ -34,7 +43,7 @@ def test_a_confident_absent_class_detection_halves_its_class_ap(absent_class, tm
         {"image_id": 2, "category_id": 2, "bbox": box, "score": 0.6},
         {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "score": 0.8},
         {"image_id": 2, "category_id": 2, "bbox": [30, 30, 10, 10], "score": 0.1},
-    ])
+    ], coco_json_dataset)
     gt, results = absent_class._run_files(run)
     with open(results) as f:
         stats = absent_class.absent_class_stats(gt, json.load(f))
