@@ -247,7 +247,8 @@ def test_dense_pairs_are_the_hand_derived_ones_with_pycocotools_delta_ap(monkeyp
     GT g1 [10,10,50,50] at IoU 0.68 and suppresses the positive anchor b on g1 itself (0.8);
     a false positive f far from any GT at 0.95; t [102,102,142,142] at 0.7 on GT g2. D = {f, s,
     t}, and the pairs are exactly (s above b, a suppression) and (f above s), (f above t), each
-    with pycocotools' AP change of its exchange; slots are the anchors (K = 1)."""
+    with pycocotools' AP change of its exchange; slots are the anchors (K = 1). The logged
+    weights are γ, as in the two-stage path: the advantages weigh nothing."""
     s_box, b_box = [14.0, 14.0, 54.0, 54.0], [10.0, 10.0, 50.0, 50.0]
     f_box, t_box = [200.0, 200.0, 240.0, 240.0], [102.0, 102.0, 142.0, 142.0]
     anchors = [s_box, b_box, f_box, t_box]
@@ -258,13 +259,16 @@ def test_dense_pairs_are_the_hand_derived_ones_with_pycocotools_delta_ap(monkeyp
     real = dense.advantages_of_images
     monkeypatch.setattr(dense, "advantages_of_images",
                         lambda images, *a: seen.append(real(images, *a)) or seen[-1])
-    with EventStorage():
+    with EventStorage() as storage:
         dense.dense_pg_loss(
             scores.log(), [scores], [torch.zeros(1, 4, 4)], [Boxes(torch.tensor(anchors))],
             [torch.tensor([0, 0, 1, 0])], [gt], [(300, 300)], IDENTITY,
             dense.DenseInference(0.05, 1000, 0.5, 100),
             PGOptions(enabled=True, settings=PGSettings(reward_estimator="swap",
                                                         update="pairwise")), normalizer=1.0)
+        logged = storage.latest()
+    assert logged["pg/order_pairs"][0] == 3
+    assert logged["pg/mean_weight"][0] == 1.0, "the advantages weigh nothing: every weight is γ"
     pairs = seen[0].order_pairs
     got = {(a, b, bool(k)): d for a, b, k, d in zip(
         pairs.above_slot.tolist(), pairs.below_slot.tolist(), pairs.suppression.tolist(),

@@ -50,7 +50,8 @@ Stages (each one ``pgdet-train`` process whose command is printed, pgdet/engine/
   5. <output>/table1.md and table1.json (every raw number, run folders, configs, pairs);
   6. <output>/figures/: figure3_detections.png (paper Figure 3: detections with score > 0.5 of the
      first baseline and of the first run of the standard fine-tune and of up to two PG rows, the
-     paper's γ=1 first, then the named variants, on the first test images) and training_curves.png (losses, rewards and PG weights of every fine-tuning run);
+     paper's γ=1 first, then the named variants, on the first test images) and
+     training_curves.png (losses, rewards and PG weights of every fine-tuning run);
   7. <output>/report.html: one self-contained page (pictures embedded) with the forest plot of
      the paired gains (also figures/forest_plot.png: each row's mean gain, 95 % paired-t and
      bootstrap intervals, every pair's gain, a line at 0), the table, the training curves and

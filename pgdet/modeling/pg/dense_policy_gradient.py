@@ -199,6 +199,8 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
                                   inference.max_detections, reward_memory)
         advantages = pg.advantages.view_as(log_probs)
         weights = options.reward_scale * pg.advantages[pg.candidate_mask] + options.gamma
+        if pg.order_pairs is not None:  # the advantages weigh nothing (as in the two-stage path)
+            weights = torch.full_like(weights, options.gamma)
     log_pg_stats(storage, pg, weights, time.perf_counter() - start)
     if pg.order_pairs is not None:
         log_pair_stats(storage, pg.order_pairs)
