@@ -94,6 +94,12 @@ def add_pgdet_config(cfg):
     # UPDATE pairwise: the most false-positive / true-positive pairs per image (those of the
     # highest-ranked false positives first); each adds a reward set, so it bounds the cost.
     _C.MODEL.PG.PAIRWISE_MAX_PAIRS = 256
+    # UPDATE pairwise with REWARD_SCOPE dataset: per box of D, how many detections of its class
+    # in the reward memory it is also paired with as fixed opponents (a false positive with
+    # true positives ranked below it, a true positive with false positives above it; spread from
+    # the nearest to the farthest). The only pairs that reach a detection of a class absent from
+    # its image. 0: none (at most PAIRWISE_MAX_PAIRS of these per image as well).
+    _C.MODEL.PG.PAIRWISE_MEMORY_OPPONENTS = 0
     # Cascade R-CNN (MODEL.ROI_HEADS.NAME PGCascadeROIHeads): whose classifiers get the PG loss.
     # "last" (default): the last stage's only. D, what the cascade outputs at test time, is the
     # stages' mean score on the last stage's boxes, so only the last stage's RoIs (labelled at

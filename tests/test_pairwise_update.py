@@ -144,7 +144,7 @@ def test_loss_and_gradient_by_hand():
         logits = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
         pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
                            torch.tensor([1]), torch.tensor([delta], dtype=torch.float64),
-                           torch.tensor([True]))
+                           torch.tensor([True]), torch.zeros(1, dtype=torch.float64))
         loss = pairwise_order_loss(logits, pairs)
         (grad,) = torch.autograd.grad(loss, logits)
         sign = 1 if delta > 0 else -1
@@ -164,7 +164,8 @@ def test_pairwise_gradient_does_not_saturate_where_the_cross_entropy_does():
     pair's on each log-odds |ΔAP|·σ(0) = |ΔAP|/2 (equal log-odds: margin 0)."""
     logits = torch.tensor([[math.log(9.0), 0.0], [math.log(9.0), 0.0]], requires_grad=True)
     pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
-                       torch.tensor([0]), torch.tensor([0.4]), torch.tensor([True]))
+                       torch.tensor([0]), torch.tensor([0.4]), torch.tensor([True]),
+                       torch.zeros(1))
     (grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs), logits)
     assert grad[:, 0].tolist() == pytest.approx([0.2, -0.2])
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0]), reduction="sum")
@@ -180,7 +181,7 @@ def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch,
     gt_classes = torch.cat([p.gt_classes for p in proposals])
     pairs = OrderPairs(torch.tensor([3, 35]), torch.tensor([1, 0]), torch.tensor([7, 12]),
                        torch.tensor([1, 2]), torch.tensor([0.25, -0.1]),
-                       torch.tensor([True, False]))
+                       torch.tensor([True, False]), torch.zeros(2))
     monkeypatch.setattr(
         pg_output_layers, "compute_advantages",
         lambda *a, **k: PGAdvantages(torch.full((num_rois,), 0.7), torch.zeros(1),
@@ -225,7 +226,7 @@ def test_dense_pair_loss_and_gradient_by_hand():
         logits = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         pairs = OrderPairs(torch.tensor([1]), torch.tensor([1]), torch.tensor([4]),
                            torch.tensor([1]), torch.tensor([delta], dtype=torch.float64),
-                           torch.tensor([True]))
+                           torch.tensor([True]), torch.zeros(1, dtype=torch.float64))
         loss = dense_pairwise_order_loss(torch.nn.functional.logsigmoid(logits), pairs)
         (grad,) = torch.autograd.grad(loss, logits)
         sign = 1 if delta > 0 else -1
@@ -237,7 +238,7 @@ def test_dense_pair_loss_and_gradient_by_hand():
         torch.testing.assert_close(grad, expected)
     saturated = torch.tensor([[[120.0, 0.0]]], requires_grad=True)
     pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), torch.tensor([1]),
-                       torch.tensor([0.5]), torch.tensor([False]))
+                       torch.tensor([0.5]), torch.tensor([False]), torch.zeros(1))
     loss = dense_pairwise_order_loss(torch.nn.functional.logsigmoid(saturated), pairs)
     assert torch.isfinite(loss) and torch.isfinite(torch.autograd.grad(loss, saturated)[0]).all()
 
@@ -290,11 +291,16 @@ def test_dense_pairs_are_the_hand_derived_ones_with_pycocotools_delta_ap(monkeyp
         assert delta != 0 and got[key] == pytest.approx(delta, abs=2e-6), key
 
 
-def test_demo_training_with_pairwise_logs_the_pairs(tmp_path):
+@pytest.mark.parametrize("extra,scalar", [
+    ([], "pg/order_pairs"),
+    (["MODEL.PG.REWARD_SCOPE", "dataset", "MODEL.PG.PAIRWISE_MEMORY_OPPONENTS", "2"],
+     "pg/memory_pairs"),
+])
+def test_demo_training_with_pairwise_logs_the_pairs(tmp_path, extra, scalar):
     """Three iterations of the demo Faster R-CNN from random weights: finite losses and the
-    pair scalars in metrics.json."""
+    pair scalars in metrics.json (with memory opponents: from the dataset reward's memory)."""
     cfg = build_cfg(DEMO, [
-        "MODEL.PG.ENABLED", "True", *PAIRWISE, "SOLVER.IMS_PER_BATCH", "2",
+        "MODEL.PG.ENABLED", "True", *PAIRWISE, *extra, "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", "3", "DATALOADER.NUM_WORKERS", "0",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64", "INPUT.MIN_SIZE_TRAIN", "(128,)",
         "INPUT.MAX_SIZE_TRAIN", "128", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
@@ -302,4 +308,4 @@ def test_demo_training_with_pairwise_logs_the_pairs(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in records if "total_loss" in r][-1] == 2
     assert all(math.isfinite(r["total_loss"]) for r in records if "total_loss" in r)
-    assert all("pg/order_pairs" in r for r in records if "total_loss" in r)
+    assert all(scalar in r for r in records if "total_loss" in r)

@@ -26,6 +26,21 @@ Which pairs. Per image, on the real NMS outcome D (detectron2's inference on the
      confident mistakes of the paper's Figure 3; the cap bounds the reward's cost, which grows
      as the number of sets times the pool (D plus two exchanged copies per pair).
 
+(iii) *memory opponents* (``PAIRWISE_MEMORY_OPPONENTS`` > 0, with ``REWARD_SCOPE dataset``):
+     a box of D and a detection of its class in the reward memory (past training images,
+     :mod:`pgdet.modeling.pg.reward_memory`) whose order is wrong at the lowest threshold: a
+     false positive of D above a memory true positive, or a true positive of D below a memory
+     false positive. Pairs (i) and (ii) are within an image, so a detection of a class absent
+     from its image (always a false positive, and its image's AP never sees it) is in none;
+     here it meets the true positives of its class that it outranks in other images, which is
+     how it lowers the dataset AP. The memory's detection cannot move (its logits are gone), so
+     the counterfactual is the one the box alone can reach: the box moved just past its
+     opponent (to the opponent's score, where the memory ranks first among equals, or the next
+     float above it), ΔAP = AP(D with the box moved) − AP(D), exact under the dataset reward.
+     Per box up to ``PAIRWISE_MEMORY_OPPONENTS`` opponents, spread from the nearest to the
+     farthest (moving past the farthest is leaving the class's ranking where it matters), at
+     most ``PAIRWISE_MAX_PAIRS`` per image, those of the highest-ranked boxes first.
+
 Every ΔAP is computed in the same reward call as the estimator's sets, so it is the reward of
 MODEL.PG.REWARD_SCOPE (image, or dataset: then the dataset AP of memory ∪ batch).
 
@@ -48,12 +63,15 @@ R the sampled RoIs of the batch, as detectron2 normalises its CE (γ = MODEL.PG.
 c = MODEL.PG.REWARD_SCALE): a pair moves its two logits by about c·|ΔAP| / R, the size by which
 the weighted CE moves one RoI by its advantage.
 
+A memory opponent has no logit: its log-odds is the box's own, detached, plus the gap of their
+test-time scores' log-odds, so the margin is that gap and the gradient moves the box alone.
+
 One-stage detectors (RetinaNet, FCOS). The pairs are found the same way over D and the
 positive anchors (:mod:`pgdet.modeling.pg.dense_policy_gradient`); a box is an (anchor, class)
 sigmoid, whose log-odds is its logit x itself, so ``m = sign(ΔAP) · (x_b − x_a)`` and
 ``L_cls = γ · FL + c · Σ_pairs ℓ / N_pos`` with the focal loss's normaliser.
 """
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +89,9 @@ class OrderPairs(NamedTuple):
         box ranked above in D (s, or the false positive u) and of the one below (b, or v);
     above_class / below_class: [P] long, the class whose log-odds ranks each box;
     delta_ap: [P] float, AP after exchanging their order minus AP of D (signed);
-    suppression: [P] bool, True for a pair (i) (candidate and its suppressor), False for (ii).
+    suppression: [P] bool, True for a pair (i) (candidate and its suppressor), False otherwise;
+    opponent_gap: [P] float, for a pair (iii) logit(opponent's score) − logit(box's score),
+        the memory side's slot being -1 (its class the box's); 0 for pairs (i) and (ii).
     """
 
     above_slot: torch.Tensor
@@ -80,31 +100,40 @@ class OrderPairs(NamedTuple):
     below_class: torch.Tensor
     delta_ap: torch.Tensor
     suppression: torch.Tensor
+    opponent_gap: torch.Tensor
 
     @staticmethod
     def cat(pairs: List["OrderPairs"], device) -> "OrderPairs":
         if not pairs:
             empty = torch.zeros(0, dtype=torch.long, device=device)
-            return OrderPairs(empty, empty, empty, empty, empty.float(), empty.bool())
+            return OrderPairs(empty, empty, empty, empty, empty.float(), empty.bool(),
+                              empty.float())
         return OrderPairs(*(torch.cat(field) for field in zip(*pairs)))
 
 
+class BaseMatching(NamedTuple):
+    """Each image's D after COCOeval's greedy matching at the lowest IoU threshold, padded to
+    the batch's largest D: scores [B, n], classes [B, n] (-1 padding), tp [B, n] bool (a true
+    positive), active [B, n] bool (a box within the reward's per-class cap)."""
+
+    scores: torch.Tensor
+    classes: torch.Tensor
+    tp: torch.Tensor
+    active: torch.Tensor
+
+
 @torch.no_grad()
-def misordered_pairs(bases: List[Instances], gts: List[Instances], iou_thresholds,
-                     max_dets: int, max_pairs: int) -> List[torch.Tensor]:
-    """Per image [P_i, 2] long indices into D: (u, v), u a false positive ranked above a true
-    positive v of its class, by COCOeval's matching at the lowest threshold (pairs (ii)).
+def base_matching(bases: List[Instances], gts: List[Instances], iou_thresholds,
+                  max_dets: int) -> BaseMatching:
+    """:class:`BaseMatching` of the batch, in one matching call.
 
     bases: each image's D (pred_boxes, scores, pred_classes), in descending score order as
-    detectron2's inference returns it; gts: each image's ground truth. "Above" is COCOeval's
-    order: a higher score, or an equal one loaded earlier. One matching call for the batch.
+    detectron2's inference returns it; gts: each image's ground truth.
     """
     device = bases[0].scores.device if bases else torch.device("cpu")
-    sizes = [len(b) for b in bases]
-    n_max, g_max = max(sizes, default=0), max((len(g) for g in gts), default=0)
-    if n_max == 0 or g_max == 0:
-        return [torch.zeros((0, 2), dtype=torch.long, device=device) for _ in bases]
     num = len(bases)
+    n_max = max((len(b) for b in bases), default=0)
+    g_max = max((len(g) for g in gts), default=0)
     boxes = torch.zeros((num, n_max, 4), device=device)
     scores = torch.zeros((num, n_max), device=device)
     classes = torch.full((num, n_max), -1, dtype=torch.long, device=device)
@@ -121,14 +150,29 @@ def misordered_pairs(bases: List[Instances], gts: List[Instances], iou_threshold
         gt_boxes[i, :g] = gt.gt_boxes.tensor.to(device)
         gt_classes[i, :g] = gt.gt_classes.to(device)
         gt_valid[i, :g] = True
+    if n_max == 0:
+        none = torch.zeros((num, 0), dtype=torch.bool, device=device)
+        return BaseMatching(scores, classes, none, none)
     lowest = (min(float(t) for t in iou_thresholds),)
     matches = match_sets(boxes, scores, classes, valid, gt_boxes, gt_classes, gt_valid, lowest,
                          max_dets)
-    # back from class-major positions to D's order
+    # back from class-major positions to D's order (without GT nothing is a true positive)
     tp = torch.zeros((num, n_max), dtype=torch.bool, device=device).scatter_(
         1, matches.order, matches.tp[:, 0, 0])
     active = torch.zeros_like(tp).scatter_(1, matches.order, matches.active[:, 0])
-    index = torch.arange(n_max, device=device)
+    return BaseMatching(scores, classes, tp, active)
+
+
+@torch.no_grad()
+def misordered_pairs(matching: BaseMatching, max_pairs: int) -> List[torch.Tensor]:
+    """Per image [P_i, 2] long indices into D: (u, v), u a false positive ranked above a true
+    positive v of its class in the batch's :class:`BaseMatching` (pairs (ii)).
+
+    "Above" is COCOeval's order: a higher score, or an equal one loaded earlier.
+    """
+    scores, classes, tp, active = matching
+    num, n_max = scores.shape
+    index = torch.arange(n_max, device=scores.device)
     above = (scores[:, :, None] > scores[:, None, :]) | (
         (scores[:, :, None] == scores[:, None, :]) & (index[:, None] < index[None, :]))
     pairs = (above & (classes[:, :, None] == classes[:, None, :])
@@ -138,6 +182,116 @@ def misordered_pairs(bases: List[Instances], gts: List[Instances], iou_threshold
         u, v = pairs[i].nonzero(as_tuple=True)  # row-major: by u's rank, then v's
         found.append(torch.stack([u, v], dim=1)[:max_pairs])
     return found
+
+
+class MemoryPairs(NamedTuple):
+    """One image's pairs (iii): a box of D and a detection of the reward memory, its fixed
+    opponent (see the module docstring). Q pairs:
+
+    box [Q] long: the index into D; demoted [Q] bool: True where the box is a false positive
+    above a true positive of the memory (the counterfactual moves it just below), False where
+    it is a true positive below a false positive of the memory (moved just above);
+    moved_score [Q]: the box's score in that counterfactual; opponent_score [Q]: the memory
+    detection's score.
+    """
+
+    box: torch.Tensor
+    demoted: torch.Tensor
+    moved_score: torch.Tensor
+    opponent_score: torch.Tensor
+
+    @staticmethod
+    def none(device, dtype=torch.float32) -> "MemoryPairs":
+        index = torch.zeros(0, dtype=torch.long, device=device)
+        score = torch.zeros(0, dtype=dtype, device=device)
+        return MemoryPairs(index, index.bool(), score, score)
+
+
+def _spread_opponents(first: torch.Tensor, count: torch.Tensor, step: int, per_box: int):
+    """(box, position) of up to ``per_box`` opponents per box, from the nearest (``first``) to
+    the farthest (``first + step · (count − 1)``), evenly spread over those between."""
+    k = torch.arange(per_box, device=first.device)
+    spread = torch.round(k * (count - 1).clamp(min=0).unsqueeze(1).double()
+                         / max(per_box - 1, 1)).long()  # [n, per_box], non-decreasing
+    keep = (k < count.unsqueeze(1)) & torch.cat(
+        [torch.ones_like(spread[:, :1], dtype=torch.bool), spread[:, 1:] != spread[:, :-1]], 1)
+    box, slot = keep.nonzero(as_tuple=True)
+    return box, first[box] + step * spread[box, slot]
+
+
+@torch.no_grad()
+def memory_pairs(matching: BaseMatching, memory_classes: torch.Tensor,
+                 memory_scores: torch.Tensor, memory_tp: torch.Tensor, per_box: int,
+                 max_pairs: int) -> List[MemoryPairs]:
+    """Per image its :class:`MemoryPairs`: each false positive of D with up to ``per_box`` true
+    positives of its class in the memory ranked below it, each true positive of D with up to
+    ``per_box`` false positives of its class ranked above it, spread from the nearest to the
+    farthest; at most ``max_pairs`` per image, those of D's highest-ranked boxes first.
+
+    matching: the batch's D (:func:`base_matching`); memory_classes [M], memory_scores [M] and
+    memory_tp [M] bool (at the lowest IoU threshold): the memory's detections, class-major and
+    score-descending (:class:`~pgdet.modeling.pg.reward_memory.RewardMemory`'s order). Ties
+    follow the dataset reward's: a memory detection ranks above a box of the image with the
+    same score, so a box moved to an opponent's score ranks just below it, and one moved just
+    above an opponent takes the next larger float.
+    """
+    scores, classes, tp, active = matching
+    device = scores.device
+    if per_box == 0 or not len(memory_classes) or not active.any():
+        return [MemoryPairs.none(device, scores.dtype)] * len(scores)
+    image, box = active.nonzero(as_tuple=True)  # row-major: by image, then by D's rank
+    box_class, box_score, box_tp = classes[image, box], scores[image, box], tp[image, box]
+    # (class ascending, score descending) as one ascending float64 key: class·2 + (1 − score)
+    box_key = box_class.double() * 2 + (1 - box_score.double())
+    found_image, found_box, found_demoted, found_opponent = [], [], [], []
+    for demoted in (True, False):
+        mine = box_tp != demoted  # D's false positives meet true positives, and vice versa
+        theirs = memory_tp == demoted
+        key = (memory_classes[theirs].double() * 2 + (1 - memory_scores[theirs].double()))
+        opponent_scores = memory_scores[theirs]
+        at = mine.nonzero(as_tuple=True)[0]
+        if demoted:  # the opponents strictly below the box, nearest first
+            first = torch.searchsorted(key, box_key[at], right=True)
+            count = torch.searchsorted(key, box_class[at].double() * 2 + 1, right=True) - first
+            step = 1
+        else:  # the opponents at or above the box, nearest first
+            first = torch.searchsorted(key, box_key[at], right=True) - 1
+            count = first + 1 - torch.searchsorted(key, box_class[at].double() * 2)
+            step = -1
+        which, position = _spread_opponents(first, count, step, per_box)
+        found_image.append(image[at[which]])
+        found_box.append(box[at[which]])
+        found_demoted.append(torch.full_like(which, demoted, dtype=torch.bool))
+        found_opponent.append(opponent_scores[position])
+    image, box, demoted, opponent = (torch.cat(x) for x in (
+        found_image, found_box, found_demoted, found_opponent))
+    order = torch.argsort(image * (scores.shape[1] + 1) + box, stable=True)
+    image, box, demoted, opponent = image[order], box[order], demoted[order], opponent[order]
+    moved = torch.where(demoted, opponent, torch.nextafter(opponent, torch.full_like(
+        opponent, float("inf"))))
+    pairs = []
+    for i in range(len(scores)):
+        mine = image == i
+        pairs.append(MemoryPairs(box[mine][:max_pairs], demoted[mine][:max_pairs],
+                                 moved[mine][:max_pairs], opponent[mine][:max_pairs]))
+    return pairs
+
+
+def memory_sets(num_base: int, first_copy: int, pool: int, pairs: MemoryPairs) -> torch.Tensor:
+    """[Q, pool] bool: row q is D with its box ``pairs.box[q]`` replaced by its moved copy, the
+    pool's entry ``first_copy + q`` (see :func:`memory_pool`)."""
+    num = len(pairs.box)
+    rows = torch.arange(num, device=pairs.box.device)
+    sets = torch.zeros((num, pool), dtype=torch.bool, device=pairs.box.device)
+    sets[:, :num_base] = True
+    sets[rows, pairs.box] = False
+    sets[rows, first_copy + rows] = True
+    return sets
+
+
+def memory_pool(base: Instances, pairs: MemoryPairs):
+    """The pool entries of :func:`memory_sets`: ([Q, 4] boxes, [Q] scores, [Q] classes)."""
+    return base.pred_boxes.tensor[pairs.box], pairs.moved_score, base.pred_classes[pairs.box]
 
 
 def exchange_sets(num_base: int, num_cand: int, exchanges: torch.Tensor) -> torch.Tensor:
@@ -189,14 +343,29 @@ def order_loss(z_above: torch.Tensor, z_below: torch.Tensor,
     return (delta.abs() * F.softplus(-torch.sign(delta) * (z_below - z_above))).sum()
 
 
+def _pair_log_odds(log_odds, pairs: OrderPairs):
+    """(z_above, z_below) [P] of the pairs, ``log_odds(slots, classes)`` giving a box's.
+
+    A memory opponent (slot -1) has no logit to move: its log-odds is the box's own, detached,
+    plus ``opponent_gap``, so that the margin is the two detections' gap in test-time score
+    log-odds and the gradient reaches the box alone, as it would if the opponent's logit were a
+    constant. (Where the test-time score is the class probability, two-stage and RetinaNet, that
+    is logit(opponent's score) itself; FCOS ranks by sqrt(p · centerness), and its margin is
+    measured on that scale, as D's order is.)
+    """
+    z_above = log_odds(pairs.above_slot.clamp(min=0), pairs.above_class)
+    z_below = log_odds(pairs.below_slot.clamp(min=0), pairs.below_class)
+    return (torch.where(pairs.above_slot < 0, z_below.detach() + pairs.opponent_gap, z_above),
+            torch.where(pairs.below_slot < 0, z_above.detach() + pairs.opponent_gap, z_below))
+
+
 def pairwise_order_loss(logits: torch.Tensor, pairs: OrderPairs) -> torch.Tensor:
     """:func:`order_loss` of a two-stage batch, on the class log-odds of the softmax.
 
     logits: [R, K+1] the box predictor's class logits of the batch's sampled RoIs.
     """
-    return order_loss(class_log_odds(logits, pairs.above_slot, pairs.above_class),
-                      class_log_odds(logits, pairs.below_slot, pairs.below_class),
-                      pairs.delta_ap)
+    return order_loss(*_pair_log_odds(lambda slots, classes: class_log_odds(logits, slots, classes),
+                                      pairs), pairs.delta_ap)
 
 
 def dense_pairwise_order_loss(log_probs: torch.Tensor, pairs: OrderPairs) -> torch.Tensor:
@@ -210,18 +379,29 @@ def dense_pairwise_order_loss(log_probs: torch.Tensor, pairs: OrderPairs) -> tor
     """
     flat = log_probs.flatten()
 
-    def log_odds(slots):
+    def log_odds(slots, classes):
         log_p = flat[slots].clamp(max=-1e-30)
         return log_p - torch.log(-torch.expm1(log_p))
 
-    return order_loss(log_odds(pairs.above_slot), log_odds(pairs.below_slot), pairs.delta_ap)
+    return order_loss(*_pair_log_odds(log_odds, pairs), pairs.delta_ap)
 
 
-def log_pair_stats(storage, pairs: OrderPairs):
-    """``pg/order_pairs``: pairs of the batch whose exchange changes AP (ΔAP ≠ 0), and
-    ``pg/order_pair_abs_delta_ap``: their mean |ΔAP|."""
+def log_pair_stats(storage, pairs: OrderPairs, absent_class_slots: Optional[torch.Tensor]):
+    """``pg/order_pairs``: pairs of the batch whose exchange changes AP (ΔAP ≠ 0);
+    ``pg/order_pair_abs_delta_ap``: their mean |ΔAP|; ``pg/memory_pairs``: how many of them
+    have a memory opponent; ``pg/absent_class_pair_frac``: the share of them that move a box of
+    a class absent from its image (absent_class_slots [slots] bool), which only memory
+    opponents can reach."""
     moving = pairs.delta_ap != 0
     storage.put_scalar("pg/order_pairs", float(moving.sum()))
+    storage.put_scalar("pg/memory_pairs",
+                       float((moving & ((pairs.above_slot < 0) | (pairs.below_slot < 0))).sum()))
     if moving.any():
         storage.put_scalar("pg/order_pair_abs_delta_ap",
                            pairs.delta_ap[moving].abs().mean().item())
+        if absent_class_slots is None:
+            return
+        slots = torch.cat([pairs.above_slot[moving], pairs.below_slot[moving]])
+        absent = absent_class_slots[slots.clamp(min=0)] & (slots >= 0)
+        storage.put_scalar("pg/absent_class_pair_frac",
+                           absent.view(2, -1).any(0).float().mean().item())

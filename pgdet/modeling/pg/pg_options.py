@@ -108,6 +108,15 @@ def _update_problems(settings: PGSettings):
     if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 0:
         return ["MODEL.PG.PAIRWISE_MAX_PAIRS must be an integer >= 0 (false-positive / "
                 f"true-positive pairs per image), got {max_pairs!r}"]
+    opponents = settings.pairwise_memory_opponents
+    if isinstance(opponents, bool) or not isinstance(opponents, int) or opponents < 0:
+        return ["MODEL.PG.PAIRWISE_MEMORY_OPPONENTS must be an integer >= 0 (memory detections "
+                f"paired with each box of D), got {opponents!r}"]
+    if opponents and (settings.update != "pairwise" or settings.reward_scope != "dataset"
+                      or settings.reward_memory_images == 0):
+        return ["MODEL.PG.PAIRWISE_MEMORY_OPPONENTS pairs D's boxes with the reward memory's "
+                "detections: it needs MODEL.PG.UPDATE pairwise, MODEL.PG.REWARD_SCOPE dataset "
+                "and MODEL.PG.REWARD_MEMORY_IMAGES > 0"]
     if settings.update != "pairwise":
         return []
     problems = []
@@ -141,6 +150,7 @@ def _settings_from_cfg(cfg) -> PGSettings:
         reward_memory_images=pg.REWARD_MEMORY_IMAGES,
         update=pg.UPDATE,
         pairwise_max_pairs=pg.PAIRWISE_MAX_PAIRS,
+        pairwise_memory_opponents=pg.PAIRWISE_MEMORY_OPPONENTS,
     )
 
 

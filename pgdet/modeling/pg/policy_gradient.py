@@ -86,9 +86,11 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .dataset_reward import dataset_ap
-from .pairwise_update import OrderPairs, exchange_pool, exchange_sets, misordered_pairs
+from .pairwise_update import (MemoryPairs, OrderPairs, base_matching, exchange_pool,
+                              exchange_sets, memory_pairs, memory_pool, memory_sets,
+                              misordered_pairs)
 from .reward import COCO_IOU_THRESHOLDS, image_ap, match_sets
-from .reward_memory import RewardMemory
+from .reward_memory import RewardMemory, ScoredDetections
 
 REWARD_ESTIMATORS = ("joint", "conditional", "reinforce", "swap")
 BASELINES = ("nms", "sampled_mean")
@@ -118,6 +120,7 @@ class PGSettings:
     reward_memory_images: int = 500
     update: str = "weighted_ce"
     pairwise_max_pairs: int = 256
+    pairwise_memory_opponents: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ class _ImageSets(NamedTuple):
     """The S detection sets of one image with ground truth over a pool of P = |D| + C (+ 2X)
     boxes: D, then E estimator sets (k actions, or one swapped set per candidate with ``swap``),
     then |D| leave-one-out sets with ``kept_box_credit``, then X sets of D with two scores
-    exchanged with ``update`` pairwise (the pool's last 2X boxes are their copies)."""
+    exchanged with ``update`` pairwise, then Q sets of D with one box moved past a memory
+    opponent (the pool's last 2X + Q boxes are their copies)."""
 
     image: int  # index of the image in the batch
     inputs: PGImage
@@ -215,6 +219,7 @@ class _ImageSets(NamedTuple):
     pool_classes: torch.Tensor  # [P]
     membership: torch.Tensor  # [S, P] bool
     exchanges: torch.Tensor  # [X, 2] indices into D of each exchanged pair (u above v)
+    memory_pairs: MemoryPairs  # the Q pairs (iii) of D's boxes with memory opponents
 
 
 def _pad_stack(tensors: List[torch.Tensor], length: int, fill, dim: int = 0) -> torch.Tensor:
@@ -312,11 +317,13 @@ def _widen(sets: torch.Tensor, pool: int) -> torch.Tensor:
 
 
 def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
-                detection_cap: int, generator, exchanges: torch.Tensor) -> _ImageSets:
+                detection_cap: int, generator, exchanges: torch.Tensor,
+                opponents: MemoryPairs) -> _ImageSets:
     """Pool and membership of the sets of one image with ground truth (steps 3-4); `nms_thresh`
     and `detection_cap` are the detector's test-time NMS threshold and per-image cap (the
     actions' NMS, the swap suppressors and sets); `exchanges` [X, 2] the pairs of D whose
-    scores ``update`` pairwise exchanges (X = 0 otherwise).
+    scores ``update`` pairwise exchanges and `opponents` its pairs with memory opponents (none
+    otherwise).
 
     b is drawn with its policy probability p_b, and ranked (actions' NMS and cap, order inside
     every set) by its test-time score, the scale of D's scores.
@@ -328,7 +335,8 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     in_baseline = ((image.cand_slot[:, None] == image.base_slot[None, :])
                    & (cand_classes[:, None] == base.pred_classes[None, :])).any(dim=1)
     num_base, num_cand = len(base), len(cand_scores)
-    pool = num_base + num_cand + 2 * len(exchanges)
+    first_memory_copy = num_base + num_cand + 2 * len(exchanges)
+    pool = first_memory_copy + len(opponents.box)
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
         drawn = torch.zeros((0, num_cand), dtype=torch.bool, device=device)
@@ -346,15 +354,18 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     sets = [baseline_set, estimator_sets]
     if settings.kept_box_credit:
         sets.append(_widen(_leave_one_out_sets(num_base, num_cand, device), pool))
-    sets.append(exchange_sets(num_base, num_cand, exchanges))
+    sets.append(_widen(exchange_sets(num_base, num_cand, exchanges), pool))
+    sets.append(memory_sets(num_base, first_memory_copy, pool, opponents))
     copy_boxes, copy_scores, copy_classes = exchange_pool(base, exchanges)
+    moved_boxes, moved_scores, moved_classes = memory_pool(base, opponents)
     return _ImageSets(
         i, image, in_baseline, drawn, suppressor,
-        torch.cat([base.pred_boxes.tensor, cand_boxes, copy_boxes]),
-        torch.cat([base.scores, rank_scores, copy_scores]),
-        torch.cat([base.pred_classes, cand_classes, copy_classes]),
+        torch.cat([base.pred_boxes.tensor, cand_boxes, copy_boxes, moved_boxes]),
+        torch.cat([base.scores, rank_scores, copy_scores, moved_scores]),
+        torch.cat([base.pred_classes, cand_classes, copy_classes, moved_classes]),
         torch.cat(sets),
         exchanges,
+        opponents,
     )
 
 
@@ -490,13 +501,10 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
     absent = torch.cat([_absent_class_slots(image, device) for image in images])
     dataset_scope = settings.reward_scope == "dataset"
     pairwise = settings.update == "pairwise"
-    no_exchange = torch.zeros((0, 2), dtype=torch.long, device=device)
-    exchanges = (misordered_pairs([image.base for image in images],
-                                  [image.gt for image in images], settings.iou_thresholds,
-                                  settings.max_detections, settings.pairwise_max_pairs)
-                 if pairwise else [no_exchange] * len(images))
+    exchanges, opponents = _pairs_to_score(images, settings, reward_memory, device)
     per_image = [  # only images with ground truth have an image AP
-        _image_sets(i, image, settings, nms_thresh, detection_cap, generator, exchanges[i])
+        _image_sets(i, image, settings, nms_thresh, detection_cap, generator, exchanges[i],
+                    opponents[i])
         for i, image in enumerate(images) if len(image.gt) > 0 or dataset_scope
     ]
     if not per_image:
@@ -552,6 +560,31 @@ def advantages_of_images(images: List[PGImage], settings: PGSettings,
     )
 
 
+def _pairs_to_score(images: List[PGImage], settings: PGSettings,
+                    reward_memory: Optional[RewardMemory], device):
+    """Per image, the pairs (ii) of D ([X, 2]) and the pairs (iii) with memory opponents
+    (:class:`MemoryPairs`) whose exchanges ``update`` pairwise scores; none otherwise."""
+    no_memory_pairs = [MemoryPairs.none(device)]
+    if settings.update != "pairwise":
+        return ([torch.zeros((0, 2), dtype=torch.long, device=device)] * len(images),
+                no_memory_pairs * len(images))
+    matching = base_matching([image.base for image in images], [image.gt for image in images],
+                             settings.iou_thresholds, settings.max_detections)
+    exchanges = misordered_pairs(matching, settings.pairwise_max_pairs)
+    if (settings.reward_scope != "dataset" or not settings.pairwise_memory_opponents
+            or reward_memory is None or not len(reward_memory)):
+        return exchanges, no_memory_pairs * len(images)
+    thresholds = settings.iou_thresholds
+    nothing = torch.zeros(0, dtype=torch.long, device=device)
+    held = reward_memory.detections(ScoredDetections(
+        nothing, matching.scores.new_zeros(0),
+        torch.zeros((0, len(thresholds)), dtype=torch.bool, device=device), nothing))
+    lowest = min(range(len(thresholds)), key=lambda t: thresholds[t])
+    return exchanges, memory_pairs(matching, held.classes, held.scores, held.tp[:, lowest],
+                                   settings.pairwise_memory_opponents,
+                                   settings.pairwise_max_pairs)
+
+
 def _order_pairs(sets: _ImageSets, rewards: torch.Tensor, num_est: int, settings: PGSettings,
                  slot_offset: int) -> OrderPairs:
     """One image's pairs of ``update`` pairwise, slots offset to the batch's.
@@ -565,15 +598,34 @@ def _order_pairs(sets: _ImageSets, rewards: torch.Tensor, num_est: int, settings
     winner = sets.suppressor[cand]
     first_exchange = 1 + num_est + (len(base) if settings.kept_box_credit else 0)
     u, v = sets.exchanges[:, 0], sets.exchanges[:, 1]
+    first_memory = first_exchange + len(u)
+    opponents = sets.memory_pairs
+    box, demoted = opponents.box, opponents.demoted
+    box_slot = inputs.base_slot[box] + slot_offset
+    fixed = torch.full_like(box_slot, -1)  # the memory side: no slot
+    batch_pairs = len(cand) + len(u)
     return OrderPairs(
-        torch.cat([inputs.base_slot[winner], inputs.base_slot[u]]) + slot_offset,
-        torch.cat([base.pred_classes[winner], base.pred_classes[u]]),
-        torch.cat([inputs.cand_slot[cand], inputs.base_slot[v]]) + slot_offset,
-        torch.cat([inputs.cand_classes[cand], base.pred_classes[v]]),
-        torch.cat([rewards[1 + cand], rewards[first_exchange:first_exchange + len(u)]])
-        - rewards[0],
-        torch.cat([torch.ones_like(cand, dtype=torch.bool), torch.zeros_like(u, dtype=torch.bool)]),
+        torch.cat([inputs.base_slot[winner] + slot_offset, inputs.base_slot[u] + slot_offset,
+                   torch.where(demoted, box_slot, fixed)]),
+        torch.cat([base.pred_classes[winner], base.pred_classes[u], base.pred_classes[box]]),
+        torch.cat([inputs.cand_slot[cand] + slot_offset, inputs.base_slot[v] + slot_offset,
+                   torch.where(demoted, fixed, box_slot)]),
+        torch.cat([inputs.cand_classes[cand], base.pred_classes[v], base.pred_classes[box]]),
+        torch.cat([rewards[1 + cand], rewards[first_exchange:first_memory],
+                   rewards[first_memory:first_memory + len(box)]]) - rewards[0],
+        torch.cat([torch.ones_like(cand, dtype=torch.bool), torch.zeros_like(u, dtype=torch.bool),
+                   torch.zeros_like(box, dtype=torch.bool)]),
+        torch.cat([rewards.new_zeros(batch_pairs),
+                   (_logit(opponents.opponent_score) - _logit(base.scores[box])).to(rewards)]),
     )
+
+
+def _logit(scores: torch.Tensor) -> torch.Tensor:
+    """log(s / (1 − s)) of scores in [0, 1], finite at 0 and 1 (clamped to float32's
+    resolution there)."""
+    eps = torch.finfo(torch.float32).eps
+    s = scores.float().clamp(eps, 1 - eps)
+    return torch.log(s) - torch.log1p(-s)
 
 
 def _absent_class_slots(image: PGImage, device) -> torch.Tensor:
