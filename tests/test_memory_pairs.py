@@ -85,6 +85,7 @@ def test_absent_class_box_is_paired_with_the_memorys_true_positive_as_cocoeval_s
         assert delta > 0 and got[key][0] == pytest.approx(delta, abs=1e-6), key
         assert got[key][1] == pytest.approx(gap, rel=1e-5), key
     assert pairs.above_class.tolist() == pairs.below_class.tolist()
+    assert dict(zip(pairs.above_slot.tolist(), pairs.absent_class.tolist())) == {1: True, -1: False}
     assert len(_scored_image_pairs(opponents=0).delta_ap) == 0
 
 
@@ -127,7 +128,7 @@ def test_fixed_opponent_loss_and_gradient_by_hand():
         pairs = OrderPairs(box if box_above else fixed, torch.tensor([0]),
                            fixed if box_above else box, torch.tensor([0]),
                            torch.tensor([delta], dtype=torch.float64), torch.tensor([False]),
-                           torch.tensor([gap], dtype=torch.float64))
+                           torch.tensor([gap], dtype=torch.float64), torch.tensor([False]))
         loss = pairwise_order_loss(logits, pairs)
         (grad,) = torch.autograd.grad(loss, logits)
         sign = 1 if delta > 0 else -1

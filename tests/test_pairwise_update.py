@@ -144,7 +144,8 @@ def test_loss_and_gradient_by_hand():
         logits = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
         pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
                            torch.tensor([1]), torch.tensor([delta], dtype=torch.float64),
-                           torch.tensor([True]), torch.zeros(1, dtype=torch.float64))
+                           torch.tensor([True]), torch.zeros(1, dtype=torch.float64),
+                           torch.tensor([False]))
         loss = pairwise_order_loss(logits, pairs)
         (grad,) = torch.autograd.grad(loss, logits)
         sign = 1 if delta > 0 else -1
@@ -165,7 +166,7 @@ def test_pairwise_gradient_does_not_saturate_where_the_cross_entropy_does():
     logits = torch.tensor([[math.log(9.0), 0.0], [math.log(9.0), 0.0]], requires_grad=True)
     pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
                        torch.tensor([0]), torch.tensor([0.4]), torch.tensor([True]),
-                       torch.zeros(1))
+                       torch.zeros(1), torch.tensor([False]))
     (grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs), logits)
     assert grad[:, 0].tolist() == pytest.approx([0.2, -0.2])
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0]), reduction="sum")
@@ -181,7 +182,8 @@ def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch,
     gt_classes = torch.cat([p.gt_classes for p in proposals])
     pairs = OrderPairs(torch.tensor([3, 35]), torch.tensor([1, 0]), torch.tensor([7, 12]),
                        torch.tensor([1, 2]), torch.tensor([0.25, -0.1]),
-                       torch.tensor([True, False]), torch.zeros(2))
+                       torch.tensor([True, False]), torch.zeros(2),
+                       torch.tensor([False, False]))
     monkeypatch.setattr(
         pg_output_layers, "compute_advantages",
         lambda *a, **k: PGAdvantages(torch.full((num_rois,), 0.7), torch.zeros(1),
@@ -226,7 +228,8 @@ def test_dense_pair_loss_and_gradient_by_hand():
         logits = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         pairs = OrderPairs(torch.tensor([1]), torch.tensor([1]), torch.tensor([4]),
                            torch.tensor([1]), torch.tensor([delta], dtype=torch.float64),
-                           torch.tensor([True]), torch.zeros(1, dtype=torch.float64))
+                           torch.tensor([True]), torch.zeros(1, dtype=torch.float64),
+                           torch.tensor([False]))
         loss = dense_pairwise_order_loss(torch.nn.functional.logsigmoid(logits), pairs)
         (grad,) = torch.autograd.grad(loss, logits)
         sign = 1 if delta > 0 else -1
@@ -238,7 +241,8 @@ def test_dense_pair_loss_and_gradient_by_hand():
         torch.testing.assert_close(grad, expected)
     saturated = torch.tensor([[[120.0, 0.0]]], requires_grad=True)
     pairs = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), torch.tensor([1]),
-                       torch.tensor([0.5]), torch.tensor([False]), torch.zeros(1))
+                       torch.tensor([0.5]), torch.tensor([False]), torch.zeros(1),
+                       torch.tensor([False]))
     loss = dense_pairwise_order_loss(torch.nn.functional.logsigmoid(saturated), pairs)
     assert torch.isfinite(loss) and torch.isfinite(torch.autograd.grad(loss, saturated)[0]).all()
 

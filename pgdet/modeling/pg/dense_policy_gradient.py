@@ -203,7 +203,7 @@ def dense_pg_loss(log_probs: torch.Tensor, scores: List[torch.Tensor],
             weights = torch.full_like(weights, options.gamma)
     log_pg_stats(storage, pg, weights, time.perf_counter() - start)
     if pg.order_pairs is not None:
-        log_pair_stats(storage, pg.order_pairs, pg.absent_class_mask)
+        log_pair_stats(storage, pg.order_pairs)
         pair_loss = dense_pairwise_order_loss(log_probs, pg.order_pairs)
         return options.reward_scale * pair_loss / normalizer
     return -options.reward_scale * (advantages * log_probs).sum() / normalizer

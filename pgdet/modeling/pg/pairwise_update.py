@@ -71,7 +71,7 @@ positive anchors (:mod:`pgdet.modeling.pg.dense_policy_gradient`); a box is an (
 sigmoid, whose log-odds is its logit x itself, so ``m = sign(ΔAP) · (x_b − x_a)`` and
 ``L_cls = γ · FL + c · Σ_pairs ℓ / N_pos`` with the focal loss's normaliser.
 """
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,9 @@ class OrderPairs(NamedTuple):
     delta_ap: [P] float, AP after exchanging their order minus AP of D (signed);
     suppression: [P] bool, True for a pair (i) (candidate and its suppressor), False otherwise;
     opponent_gap: [P] float, for a pair (iii) logit(opponent's score) − logit(box's score),
-        the memory side's slot being -1 (its class the box's); 0 for pairs (i) and (ii).
+        the memory side's slot being -1 (its class the box's); 0 for pairs (i) and (ii);
+    absent_class: [P] bool, a pair (iii) whose box is of a class absent from its image (pairs
+        (i) and (ii) hold boxes of present classes only).
     """
 
     above_slot: torch.Tensor
@@ -101,13 +103,14 @@ class OrderPairs(NamedTuple):
     delta_ap: torch.Tensor
     suppression: torch.Tensor
     opponent_gap: torch.Tensor
+    absent_class: torch.Tensor
 
     @staticmethod
     def cat(pairs: List["OrderPairs"], device) -> "OrderPairs":
         if not pairs:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return OrderPairs(empty, empty, empty, empty, empty.float(), empty.bool(),
-                              empty.float())
+                              empty.float(), empty.bool())
         return OrderPairs(*(torch.cat(field) for field in zip(*pairs)))
 
 
@@ -386,12 +389,11 @@ def dense_pairwise_order_loss(log_probs: torch.Tensor, pairs: OrderPairs) -> tor
     return order_loss(*_pair_log_odds(log_odds, pairs), pairs.delta_ap)
 
 
-def log_pair_stats(storage, pairs: OrderPairs, absent_class_slots: Optional[torch.Tensor]):
+def log_pair_stats(storage, pairs: OrderPairs):
     """``pg/order_pairs``: pairs of the batch whose exchange changes AP (ΔAP ≠ 0);
     ``pg/order_pair_abs_delta_ap``: their mean |ΔAP|; ``pg/memory_pairs``: how many of them
     have a memory opponent; ``pg/absent_class_pair_frac``: the share of them that move a box of
-    a class absent from its image (absent_class_slots [slots] bool), which only memory
-    opponents can reach."""
+    a class absent from its image, which only memory opponents can reach."""
     moving = pairs.delta_ap != 0
     storage.put_scalar("pg/order_pairs", float(moving.sum()))
     storage.put_scalar("pg/memory_pairs",
@@ -399,9 +401,5 @@ def log_pair_stats(storage, pairs: OrderPairs, absent_class_slots: Optional[torc
     if moving.any():
         storage.put_scalar("pg/order_pair_abs_delta_ap",
                            pairs.delta_ap[moving].abs().mean().item())
-        if absent_class_slots is None:
-            return
-        slots = torch.cat([pairs.above_slot[moving], pairs.below_slot[moving]])
-        absent = absent_class_slots[slots.clamp(min=0)] & (slots >= 0)
         storage.put_scalar("pg/absent_class_pair_frac",
-                           absent.view(2, -1).any(0).float().mean().item())
+                           pairs.absent_class[moving].float().mean().item())

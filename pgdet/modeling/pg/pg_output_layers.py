@@ -183,7 +183,7 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         per_roi = F.cross_entropy(scores, gt_classes, reduction="none")
         loss = (weights * per_roi).sum()
         if pg.order_pairs is not None:
-            log_pair_stats(storage, pg.order_pairs, pg.absent_class_mask)
+            log_pair_stats(storage, pg.order_pairs)
             loss = loss + self.pg_reward_scale * pairwise_order_loss(scores, pg.order_pairs)
         return loss / max(gt_classes.numel(), 1)
 

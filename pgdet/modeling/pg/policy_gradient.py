@@ -617,6 +617,8 @@ def _order_pairs(sets: _ImageSets, rewards: torch.Tensor, num_est: int, settings
                    torch.zeros_like(box, dtype=torch.bool)]),
         torch.cat([rewards.new_zeros(batch_pairs),
                    (_logit(opponents.opponent_score) - _logit(base.scores[box])).to(rewards)]),
+        torch.cat([torch.zeros(batch_pairs, dtype=torch.bool, device=box.device),
+                   ~torch.isin(base.pred_classes[box], inputs.gt.gt_classes.to(box.device))]),
     )
 
 
