@@ -9,7 +9,12 @@ interrupted experiment continues where it stopped.
 A stage runs in the caller's folder (relative paths in configs and overrides resolve from there,
 as for ``pgdet-train``) with the pgdet that the caller imported, whichever is installed. Stages may
 run in threads side by side (pgdet/protocol/schedule.py): each writes its lines to stdout whole.
+Separate processes may share an experiment folder too (``pgdet-table1 --only`` cells run side by
+side, each training its baseline if it is missing): a stage holds an exclusive lock on
+``<output_dir>.lock`` while it runs, so a second process that needs the same stage waits for it
+and then reuses it, instead of training it a second time into the same folder.
 """
+import fcntl
 import json
 import math
 import os
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from typing import Dict, List, Sequence
 
 from .trainer import EVAL_FILE
@@ -63,12 +69,37 @@ def run_stage(
     (iteration losses and the metrics table) are echoed so that a long run is visibly alive.
     Errors are echoed either way.
     """
+    with _stage_lock(name, output_dir):
+        done = os.path.join(output_dir, DONE_FILE)
+        if is_finished(output_dir):
+            with open(done) as f:
+                metrics = json.load(f)
+            say(f"[{name}] reusing finished run in {output_dir}: AP {metrics['AP']:.2f}")
+            return metrics
+        return _train_stage(name, config_file, output_dir, opts, num_gpus, eval_only, echo)
+
+
+@contextmanager
+def _stage_lock(name: str, output_dir: str):
+    """Hold ``<output_dir>.lock`` exclusively (beside the folder, so that reusing or deleting the
+    folder leaves it alone); say so when another process holds it and wait for it."""
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.abspath(output_dir) + ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"[{name}] another process is running this stage in {output_dir}: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _train_stage(name, config_file, output_dir, opts, num_gpus, eval_only, echo):
+    """:func:`run_stage`'s training, the stage's lock held."""
     done = os.path.join(output_dir, DONE_FILE)
-    if is_finished(output_dir):
-        with open(done) as f:
-            metrics = json.load(f)
-        say(f"[{name}] reusing finished run in {output_dir}: AP {metrics['AP']:.2f}")
-        return metrics
     os.makedirs(output_dir, exist_ok=True)
     cmd = [sys.executable, "-m", "pgdet.tools.train", "--config-file", config_file,
            "--num-gpus", str(num_gpus)]

@@ -82,10 +82,10 @@ Overrides after ``--`` apply to every stage (data sets, batch size, ...); --base
 --finetune-opts to one side only (e.g. different SOLVER.MAX_ITER). A stage whose folder holds a
 finished result is reused, so an interrupted run continues where it stopped when started again
 with the same arguments; delete a run's folder to redo it. So several processes can fill one
-output folder, e.g. one per baseline seed (``--baseline-seeds B``), or one per fine-tune seed
-once the baselines are trained, provided no two run the same stage at the same time (nothing
-locks a stage folder); a last invocation with all the seeds reuses every stage and writes the
-whole table.
+output folder, e.g. one per baseline seed (``--baseline-seeds B``), or one per fine-tune seed:
+a stage holds ``<its folder>.lock`` while it runs, so two processes that both need a missing
+baseline train it once (the second waits, then reuses it); a last invocation with all the seeds
+reuses every stage and writes the whole table.
 """
 import argparse
 import os
