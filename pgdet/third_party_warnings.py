@@ -5,7 +5,8 @@ Why: every command printed them: torch.jit's FutureWarning, twice, when detectro
 detectron2's model zoo imports; torch.meshgrid's request for an ``indexing`` argument, which
 detectron2's anchor generator does not pass; and, on a CPU machine with a CUDA toolkit, torch's
 logged "No CUDA runtime is found" when detectron2 collects the environment (pgdet says "No GPU
-visible: running on CPU"). Each filter matches one message, its category and the module it is
+visible: running on CPU"); torch.fx's logged "is_fx_tracing will return true ...", when
+detectron2's ROIPooler asks it whether it is tracing. Each filter matches one message, its category and the module it is
 attributed to (or the logger), so every other warning, pgdet's own included, still shows.
 Installed by ``import pgdet`` before it imports detectron2 (the jit warning fires on import).
 """
@@ -20,7 +21,12 @@ THIRD_PARTY_WARNINGS = (
      UserWarning, r"torch\.functional"),
 )
 # (logger, start of the message)
-THIRD_PARTY_LOG_LINES = (("torch.utils.cpp_extension", "No CUDA runtime is found"),)
+THIRD_PARTY_LOG_LINES = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    # detectron2's ROIPooler asks torch.fx whether it is tracing, on every forward; torch logs
+    # once that the question has changed meaning (the first prediction of pgdet-predict)
+    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
+)
 
 
 def silence_third_party_warnings() -> None:

@@ -1,5 +1,6 @@
 """What every command prints besides its own output: no warnings from pgdet's dependencies that a
 user can do nothing about, and no config that needs yaml.unsafe_load."""
+import logging
 import os
 import subprocess
 import sys
@@ -54,3 +55,22 @@ def test_retinanet_anchor_sizes_are_literal_numbers():
         assert sizes == expected, config
     files = [p for p in (REPO / "pgdet" / "configs").rglob("*") if p.is_file()]
     assert len(files) > 40 and not [p for p in files if "!!python" in p.read_text()]
+
+
+def test_torch_fx_tracing_notice_is_silenced():
+    """detectron2's ROIPooler calls torch.fx's is_fx_tracing, which logs a notice once per
+    process (`make demo` printed it at its pictures step): torch's own function, uncached, into a
+    handler on its logger, records nothing once pgdet is imported."""
+    import pgdet  # noqa: F401  (installs the filters)
+    from torch.fx import _symbolic_trace
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(_symbolic_trace.__name__)
+    logger.addHandler(handler)
+    try:
+        _symbolic_trace.is_fx_tracing_warning.__wrapped__()
+    finally:
+        logger.removeHandler(handler)
+    assert not records
