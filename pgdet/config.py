@@ -100,6 +100,13 @@ def add_pgdet_config(cfg):
     # the nearest to the farthest). The only pairs that reach a detection of a class absent from
     # its image. 0: none (at most PAIRWISE_MAX_PAIRS of these per image as well).
     _C.MODEL.PG.PAIRWISE_MEMORY_OPPONENTS = 0
+    # UPDATE pairwise, two-stage detectors: the score a pair's logistic loss compares.
+    # "log_odds" (default): the class's softmax log-odds x_c − logsumexp_{j≠c} x_j, the
+    # test-time score's; lowering it lifts every other class of the RoI in proportion to its
+    # probability. "background": x_c − x_background, which moves the class against background
+    # alone and leaves the other classes' logits where they are. One-stage detectors score each
+    # class by its own sigmoid logit and accept "log_odds" only.
+    _C.MODEL.PG.PAIRWISE_MARGIN = "log_odds"
     # Cascade R-CNN (MODEL.ROI_HEADS.NAME PGCascadeROIHeads): whose classifiers get the PG loss.
     # "last" (default): the last stage's only. D, what the cascade outputs at test time, is the
     # stages' mean score on the last stage's boxes, so only the last stage's RoIs (labelled at

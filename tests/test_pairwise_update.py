@@ -160,6 +160,35 @@ def test_loss_and_gradient_by_hand():
         torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
 
 
+def test_background_margin_moves_class_against_background_alone():
+    """PAIRWISE_MARGIN background: z = x_c − x_K (background last). Two RoIs of three classes
+    and background, pair (RoI 0 class 0 above, RoI 1 class 1 below), then RoI 0 against a fixed
+    memory opponent at gap g: dℓ/dz reaches x_c with +1 and x_K with −1 and no other logit,
+    where the softmax log-odds ("log_odds") also lifts RoI 0's other wrong classes."""
+    rows = [[2.0, 0.5, -1.0, 0.3], [1.5, 2.5, 0.0, -0.4]]
+    z_a, z_b = rows[0][0] - rows[0][3], rows[1][1] - rows[1][3]
+    batch = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
+                       torch.tensor([1]), torch.tensor([0.3], dtype=torch.float64),
+                       torch.tensor([True]), torch.zeros(1, dtype=torch.float64),
+                       torch.tensor([False]))
+    memory = OrderPairs(torch.tensor([0]), torch.tensor([0]), torch.tensor([-1]),
+                        torch.tensor([0]), torch.tensor([0.3], dtype=torch.float64),
+                        torch.tensor([False]), torch.tensor([-0.8], dtype=torch.float64),
+                        torch.tensor([True]))
+    for pairs, margin in ((batch, z_b - z_a), (memory, -0.8)):  # sign(ΔAP) = +1
+        logits = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+        loss = pairwise_order_loss(logits, pairs, "background")
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert loss.item() == pytest.approx(0.3 * _softplus(-margin), rel=1e-12)
+        d_z = 0.3 * _sigmoid(-margin)  # dℓ/dz_above = −dℓ/dm
+        expected = [[d_z, 0.0, 0.0, -d_z], [0.0, 0.0, 0.0, 0.0]]
+        if pairs is batch:
+            expected[1] = [0.0, -d_z, 0.0, d_z]
+        torch.testing.assert_close(grad, torch.tensor(expected, dtype=torch.float64))
+        (softmax_grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs), logits)
+        assert softmax_grad[0, 1] < 0 and softmax_grad[0, 2] < 0, "log_odds lifts the others"
+
+
 def test_pairwise_gradient_does_not_saturate_where_the_cross_entropy_does():
     """Both boxes at p = 0.9 of their class: the CE's true-class gradient p − 1 = −0.1, the
     pair's on each log-odds |ΔAP|·σ(0) = |ΔAP|/2 (equal log-odds: margin 0)."""
@@ -173,10 +202,13 @@ def test_pairwise_gradient_does_not_saturate_where_the_cross_entropy_does():
     assert torch.autograd.grad(ce, logits)[0][:, 0].tolist() == pytest.approx([-0.1, -0.1])
 
 
-@pytest.mark.parametrize("gamma,scale", [(1.0, 1.0), (0.5, 2.0)])
-def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch, gamma, scale):
+@pytest.mark.parametrize("gamma,scale,margin", [(1.0, 1.0, "log_odds"), (0.5, 2.0, "log_odds"),
+                                                (1.0, 1.0, "background")])
+def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch, gamma, scale,
+                                                                    margin):
     """With fixed pairs and advantages: L = (γ Σ_b CE_b + c Σ ℓ) / R, the advantages unused.
-    The CE's gradient by its closed form γ(p − onehot)/R, the pair's by autograd of ℓ alone."""
+    The CE's gradient by its closed form γ(p − onehot)/R, the pair's by autograd of ℓ alone
+    (on the margin of MODEL.PG.PAIRWISE_MARGIN, whose ℓ the tests above check by hand)."""
     proposals = [_image(4, 30, 1), _image(2, 20, 2)]
     num_rois = sum(len(p) for p in proposals)
     gt_classes = torch.cat([p.gt_classes for p in proposals])
@@ -190,7 +222,8 @@ def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch,
                                      torch.zeros(1, 1), torch.ones(num_rois, dtype=torch.bool),
                                      order_pairs=pairs))
     predictor = _predictor(pg_enabled=True, pg_gamma=gamma, pg_reward_scale=scale,
-                           pg_settings=PGSettings(reward_estimator="swap", update="pairwise"))
+                           pg_settings=PGSettings(reward_estimator="swap", update="pairwise",
+                                                  pairwise_margin=margin))
     logits = torch.randn(num_rois, NUM_CLASSES + 1, requires_grad=True)
     deltas = torch.randn(num_rois, NUM_CLASSES * 4) * 0.1
     with EventStorage() as storage:
@@ -200,7 +233,7 @@ def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch,
     (grad,) = torch.autograd.grad(loss, logits)
     p = torch.softmax(logits.detach(), dim=1)
     ce_grad = gamma * (p - torch.nn.functional.one_hot(gt_classes, NUM_CLASSES + 1)) / num_rois
-    (pair_grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs), logits)
+    (pair_grad,) = torch.autograd.grad(pairwise_order_loss(logits, pairs, margin), logits)
     torch.testing.assert_close(grad, ce_grad + scale * pair_grad / num_rois, rtol=1e-5,
                                atol=1e-8)
 
@@ -210,6 +243,8 @@ def test_box_predictor_loss_is_gamma_ce_plus_scaled_pairs_over_rois(monkeypatch,
     (["MODEL.PG.UPDATE", "pairwise"], "REWARD_ESTIMATOR swap"),
     ([*PAIRWISE, "MODEL.PG.ADVANTAGE_NORM", "image_max"], "MODEL.PG.ADVANTAGE_NORM"),
     ([*PAIRWISE, "MODEL.PG.PAIRWISE_MAX_PAIRS", "-1"], "MODEL.PG.PAIRWISE_MAX_PAIRS"),
+    ([*PAIRWISE, "MODEL.PG.PAIRWISE_MARGIN", "hinge"], "MODEL.PG.PAIRWISE_MARGIN must be one of"),
+    (["MODEL.PG.PAIRWISE_MARGIN", "background"], "MODEL.PG.PAIRWISE_MARGIN background"),
 ])
 def test_bad_update_options_fail_in_one_line(opts, key):
     cfg = build_cfg(DEMO, ["MODEL.PG.ENABLED", "True", *opts])

@@ -23,7 +23,7 @@ from test_pg_estimators import (
 from test_pg_loss import IMAGE_SIZE, NUM_CLASSES
 
 import pgdet.modeling.pg.dense_policy_gradient as dense
-from pgdet.engine import build_cfg
+from pgdet.engine import ConfigError, build_cfg
 from pgdet.engine.checkpoint import PGCheckpointer
 from pgdet.modeling.pg.pg_options import PGOptions
 from pgdet.modeling.pg.policy_gradient import PGSettings
@@ -230,6 +230,13 @@ def test_kept_box_credit_goes_to_the_detected_logit():
 PAIRWISE = ["MODEL.PG.UPDATE", "pairwise", "MODEL.PG.REWARD_ESTIMATOR", "swap",
             "MODEL.PG.KEPT_BOX_CREDIT", "False", "MODEL.PG.SUPPRESSOR_CREDIT", "False",
             "MODEL.PG.ADVANTAGE_NORM", "none"]
+
+
+def test_background_margin_is_refused_for_a_sigmoid_classifier():
+    """RetinaNet scores each class by its own sigmoid: there is no background logit."""
+    with pytest.raises(ConfigError) as e:
+        _models(*PAIRWISE, "MODEL.PG.PAIRWISE_MARGIN", "background")
+    assert "MODEL.PG.PAIRWISE_MARGIN background" in str(e.value) and "\n" not in str(e.value)
 
 
 # the paper-literal term over the config's one-stage choice (swap, both credits, image_max, c 0.5)

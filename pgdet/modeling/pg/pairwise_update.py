@@ -55,6 +55,11 @@ gradient on the margin is ``−|ΔAP| · σ(−m)``: of size |ΔAP| while the or
 and |ΔAP|/2 at a tie, whatever the probabilities: it does not saturate at p ≈ 0.9 as the CE's
 ``p − 1`` does, and needs no negative weight. A pair whose ΔAP is 0 costs nothing.
 
+``MODEL.PG.PAIRWISE_MARGIN background`` takes ``z = x_c − x_K`` (K the background) instead: the
+test-time score's log-odds lowers a wrong class c by lifting every other class of the RoI
+(∂z/∂x_j = −p_j / (1 − p_c)), this margin by lifting background alone
+(:func:`background_log_odds`).
+
 The classification loss of the batch is then
 
     L_cls = (γ · Σ_b CE(x_b, l_b) + c · Σ_pairs ℓ) / R,
@@ -80,6 +85,7 @@ from detectron2.structures import Instances
 from .reward import match_sets
 
 UPDATES = ("weighted_ce", "pairwise")  # values of MODEL.PG.UPDATE
+PAIRWISE_MARGINS = ("log_odds", "background")  # values of MODEL.PG.PAIRWISE_MARGIN
 
 
 class OrderPairs(NamedTuple):
@@ -336,6 +342,22 @@ def class_log_odds(logits: torch.Tensor, slots: torch.Tensor,
     return own - others
 
 
+def background_log_odds(logits: torch.Tensor, slots: torch.Tensor,
+                        classes: torch.Tensor) -> torch.Tensor:
+    """[P] z = log p_c − log p_background = x_c − x_K of ``logits[slots]`` ([R, K+1] logits,
+    background last), c = ``classes``: a RoI's class against background alone.
+
+    Why (MODEL.PG.PAIRWISE_MARGIN background). The softmax log-odds of
+    :func:`class_log_odds` has ∂z/∂x_j = −p_j / (1 − p_c) for every other class j, so a step
+    down on a wrong class c lifts all the others, the RoI's other wrong classes included; on a
+    dataset where one object's RoI scores many classes (ASL's letters) pushing one absent class
+    down raises the next. This margin's gradient is ±1 on x_c and ∓1 on the background logit
+    and 0 on every other class: it moves the class between "this class" and "no object" only.
+    """
+    x = logits[slots]
+    return x.gather(1, classes[:, None]).squeeze(1) - x[:, -1]
+
+
 def order_loss(z_above: torch.Tensor, z_below: torch.Tensor,
                delta_ap: torch.Tensor) -> torch.Tensor:
     """Σ over P pairs of |ΔAP| · softplus(−sign(ΔAP) · (z_below − z_above)), unnormalised.
@@ -362,12 +384,18 @@ def _pair_log_odds(log_odds, pairs: OrderPairs):
             torch.where(pairs.below_slot < 0, z_above.detach() + pairs.opponent_gap, z_below))
 
 
-def pairwise_order_loss(logits: torch.Tensor, pairs: OrderPairs) -> torch.Tensor:
-    """:func:`order_loss` of a two-stage batch, on the class log-odds of the softmax.
+def pairwise_order_loss(logits: torch.Tensor, pairs: OrderPairs,
+                        margin: str = "log_odds") -> torch.Tensor:
+    """:func:`order_loss` of a two-stage batch, on the class log-odds of the softmax
+    (``margin`` "log_odds", :func:`class_log_odds`) or on the class against background
+    ("background", :func:`background_log_odds`).
 
-    logits: [R, K+1] the box predictor's class logits of the batch's sampled RoIs.
+    logits: [R, K+1] the box predictor's class logits of the batch's sampled RoIs. A memory
+    opponent's side is the box's own z, detached, plus the test-time score gap under either
+    margin: the loss's size follows D's order, the gradient moves x_c (and x_K) of the box.
     """
-    return order_loss(*_pair_log_odds(lambda slots, classes: class_log_odds(logits, slots, classes),
+    score = background_log_odds if margin == "background" else class_log_odds
+    return order_loss(*_pair_log_odds(lambda slots, classes: score(logits, slots, classes),
                                       pairs), pairs.delta_ap)
 
 

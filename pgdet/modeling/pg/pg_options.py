@@ -9,23 +9,28 @@ import torch
 from detectron2.utils import comm
 
 from ...config_error import raise_if_invalid
-from .pairwise_update import UPDATES
+from .pairwise_update import PAIRWISE_MARGINS, UPDATES
 from .policy_gradient import (ADVANTAGE_NORMS, BASELINES, REWARD_ESTIMATORS, REWARD_SCOPES,
                               PGSettings)
 
+# the YAML meta-architectures whose classifier is per-class sigmoids (LazyConfig models are
+# checked when built, by the detector's own check_pg_options call)
+DENSE_META_ARCHITECTURES = ("PGRetinaNet",)
 CASCADE_STAGES = ("last", "all")  # values of MODEL.PG.CASCADE_STAGES (PGCascadeROIHeads)
 
 
 def check_pg_options(enabled: bool, gamma: float, reward_scale: float, settings: PGSettings,
-                     use_sigmoid_ce: bool):
+                     use_sigmoid_ce: bool, dense: bool = False):
     """Fail at build time, naming the MODEL.PG key, when a PG option cannot work.
 
     On plain values, so every construction path runs it: :func:`check_pg_config` (a YAML
     config) and :class:`PGFastRCNNOutputLayers` on the arguments it is built with (a LazyConfig
     passes them explicitly; ``pg_<key>`` and ``PGSettings.<key>`` are MODEL.PG.<KEY> in lower
-    case), so both paths fail with the same messages.
+    case), so both paths fail with the same messages. ``dense``: a one-stage detector's
+    (RetinaNet, FCOS: per-class sigmoids, no background logit).
     """
-    problems = _pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce)
+    problems = _pg_option_problems(enabled, gamma, reward_scale, settings, use_sigmoid_ce,
+                                   dense=dense)
     raise_if_invalid("policy-gradient", problems)
 
 
@@ -36,11 +41,12 @@ def check_pg_config(cfg):
     raise_if_invalid("policy-gradient", _pg_option_problems(
         pg.ENABLED, pg.GAMMA, pg.REWARD_SCALE, _settings_from_cfg(cfg),
         cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False), cascade_stages=pg.CASCADE_STAGES,
+        dense=cfg.MODEL.META_ARCHITECTURE in DENSE_META_ARCHITECTURES,
     ))
 
 
 def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_sigmoid_ce,
-                        cascade_stages=None):
+                        cascade_stages=None, dense=False):
     """The messages of the invalid options (CASCADE_STAGES checked when given, in its place)."""
     problems = []
     if settings.num_samples < 1:
@@ -76,7 +82,7 @@ def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
         problems.append("MODEL.PG.REWARD_MEMORY_IMAGES must be an integer >= 0 (past training "
                         f"images in the dataset reward), got {memory!r}")
-    problems += _update_problems(settings)
+    problems += _update_problems(settings, dense)
     if cascade_stages is not None and cascade_stages not in CASCADE_STAGES:
         problems.append(
             f"MODEL.PG.CASCADE_STAGES must be one of {CASCADE_STAGES}, got {cascade_stages!r}"
@@ -100,8 +106,9 @@ def _pg_option_problems(enabled, gamma, reward_scale, settings: PGSettings, use_
     return problems
 
 
-def _update_problems(settings: PGSettings):
-    """The messages of MODEL.PG.UPDATE and the options it cannot combine with."""
+def _update_problems(settings: PGSettings, dense: bool):
+    """The messages of MODEL.PG.UPDATE and the options it cannot combine with (``dense``: a
+    one-stage detector's)."""
     if settings.update not in UPDATES:
         return [f"MODEL.PG.UPDATE must be one of {UPDATES}, got {settings.update!r}"]
     max_pairs = settings.pairwise_max_pairs
@@ -117,6 +124,13 @@ def _update_problems(settings: PGSettings):
         return ["MODEL.PG.PAIRWISE_MEMORY_OPPONENTS pairs D's boxes with the reward memory's "
                 "detections: it needs MODEL.PG.UPDATE pairwise, MODEL.PG.REWARD_SCOPE dataset "
                 "and MODEL.PG.REWARD_MEMORY_IMAGES > 0"]
+    if settings.pairwise_margin not in PAIRWISE_MARGINS:
+        return [f"MODEL.PG.PAIRWISE_MARGIN must be one of {PAIRWISE_MARGINS}, got "
+                f"{settings.pairwise_margin!r}"]
+    if settings.pairwise_margin != "log_odds" and (settings.update != "pairwise" or dense):
+        return ["MODEL.PG.PAIRWISE_MARGIN background compares a two-stage RoI's class logit with "
+                "its background logit: it needs MODEL.PG.UPDATE pairwise and a softmax box head "
+                "(a one-stage detector's sigmoid has no background logit)"]
     if settings.update != "pairwise":
         return []
     problems = []
@@ -151,6 +165,7 @@ def _settings_from_cfg(cfg) -> PGSettings:
         update=pg.UPDATE,
         pairwise_max_pairs=pg.PAIRWISE_MAX_PAIRS,
         pairwise_memory_opponents=pg.PAIRWISE_MEMORY_OPPONENTS,
+        pairwise_margin=pg.PAIRWISE_MARGIN,
     )
 
 

@@ -184,7 +184,8 @@ class PGFastRCNNOutputLayers(FastRCNNOutputLayers):
         loss = (weights * per_roi).sum()
         if pg.order_pairs is not None:
             log_pair_stats(storage, pg.order_pairs)
-            loss = loss + self.pg_reward_scale * pairwise_order_loss(scores, pg.order_pairs)
+            loss = loss + self.pg_reward_scale * pairwise_order_loss(
+                scores, pg.order_pairs, self.pg_settings.pairwise_margin)
         return loss / max(gt_classes.numel(), 1)
 
     @staticmethod

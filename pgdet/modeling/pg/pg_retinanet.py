@@ -25,7 +25,8 @@ class PGRetinaNet(RetinaNet):
         """
         super().__init__(**kwargs)
         # explicit arguments are checked as the YAML path's (a sigmoid classifier is RetinaNet's)
-        check_pg_options(pg.enabled, pg.gamma, pg.reward_scale, pg.settings, False)
+        check_pg_options(pg.enabled, pg.gamma, pg.reward_scale, pg.settings, False,
+                         dense=True)
         self.pg = pg
         # MODEL.PG.REWARD_SCOPE dataset's recent images (not in checkpoints: reward_memory.py)
         self.pg_reward_memory = RewardMemory(pg.settings.reward_memory_images)

@@ -121,6 +121,7 @@ class PGSettings:
     update: str = "weighted_ce"
     pairwise_max_pairs: int = 256
     pairwise_memory_opponents: int = 0
+    pairwise_margin: str = "log_odds"
 
 
 @dataclass(frozen=True)
