@@ -286,50 +286,35 @@ def memory_pairs(matching: BaseMatching, memory_classes: torch.Tensor,
     return pairs
 
 
-def memory_sets(num_base: int, first_copy: int, pool: int, pairs: MemoryPairs) -> torch.Tensor:
-    """[Q, pool] bool: row q is D with its box ``pairs.box[q]`` replaced by its moved copy, the
-    pool's entry ``first_copy + q`` (see :func:`memory_pool`)."""
-    num = len(pairs.box)
-    rows = torch.arange(num, device=pairs.box.device)
-    sets = torch.zeros((num, pool), dtype=torch.bool, device=pairs.box.device)
-    sets[:, :num_base] = True
-    sets[rows, pairs.box] = False
-    sets[rows, first_copy + rows] = True
-    return sets
+def rescored_sets(num_base: int, first_copy: int, pool: int,
+                  replaced: torch.Tensor) -> torch.Tensor:
+    """[Q, pool] bool: row q is D with its boxes ``replaced[q]`` taken out and their rescored
+    copies put in, the pool's entries ``first_copy + k·q + j`` for j < k (:func:`rescored_pool`).
 
-
-def memory_pool(base: Instances, pairs: MemoryPairs):
-    """The pool entries of :func:`memory_sets`: ([Q, 4] boxes, [Q] scores, [Q] classes)."""
-    return base.pred_boxes.tensor[pairs.box], pairs.moved_score, base.pred_classes[pairs.box]
-
-
-def exchange_sets(num_base: int, num_cand: int, exchanges: torch.Tensor) -> torch.Tensor:
-    """[P, |D| + C + 2P] bool: row j is D with the scores of its boxes u_j and v_j exchanged.
-
-    The pool holds, after D and the C candidates, two copies per pair (u_j's box with v_j's
-    score, then v_j's box with u_j's score; see :func:`exchange_pool`): row j swaps u_j and v_j
-    out of D and their copies in. exchanges: [P, 2] indices into D.
+    replaced: [Q, k] indices into D. Exchanging a pair (ii) rescores its two boxes (k = 2, each
+    with the other's score); moving a box past a memory opponent rescores one (k = 1).
     """
-    num = len(exchanges)
-    rows = torch.arange(num, device=exchanges.device)
-    sets = torch.zeros((num, num_base + num_cand + 2 * num), dtype=torch.bool,
-                       device=exchanges.device)
+    num, width = replaced.shape
+    device = replaced.device
+    rows = torch.arange(num, device=device)[:, None]
+    sets = torch.zeros((num, pool), dtype=torch.bool, device=device)
     sets[:, :num_base] = True
-    sets[rows, exchanges[:, 0]] = False
-    sets[rows, exchanges[:, 1]] = False
-    copies = num_base + num_cand + 2 * rows
-    sets[rows, copies] = True
-    sets[rows, copies + 1] = True
+    sets[rows, replaced] = False
+    sets[rows, first_copy + width * rows + torch.arange(width, device=device)] = True
     return sets
 
 
-def exchange_pool(base: Instances, exchanges: torch.Tensor):
-    """The pool entries of :func:`exchange_sets`: ([2P, 4] boxes, [2P] scores, [2P] classes),
-    pair j's u-copy at 2j and its v-copy at 2j + 1."""
-    u, v = exchanges[:, 0], exchanges[:, 1]
-    order = torch.stack([u, v], dim=1).flatten()
-    scores = torch.stack([base.scores[v], base.scores[u]], dim=1).flatten()
-    return base.pred_boxes.tensor[order], scores, base.pred_classes[order]
+def rescored_pool(base: Instances, replaced: torch.Tensor, scores: torch.Tensor):
+    """The pool entries of :func:`rescored_sets`: D's boxes ``replaced`` [Q, k] with the new
+    ``scores`` [Q, k], row-major: ([Q·k, 4] boxes, [Q·k] scores, [Q·k] classes)."""
+    flat = replaced.flatten()
+    return base.pred_boxes.tensor[flat], scores.flatten().to(base.scores), base.pred_classes[flat]
+
+
+def exchanged_scores(base: Instances, exchanges: torch.Tensor) -> torch.Tensor:
+    """[P, 2] the scores the pairs (ii) ``exchanges`` [P, 2] = (u, v) give their boxes when
+    exchanged: u takes v's score and v takes u's."""
+    return base.scores[exchanges.flip(1)]
 
 
 def class_log_odds(logits: torch.Tensor, slots: torch.Tensor,

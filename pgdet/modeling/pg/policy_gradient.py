@@ -86,9 +86,8 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .dataset_reward import dataset_ap
-from .pairwise_update import (MemoryPairs, OrderPairs, base_matching, exchange_pool,
-                              exchange_sets, memory_pairs, memory_pool, memory_sets,
-                              misordered_pairs)
+from .pairwise_update import (MemoryPairs, OrderPairs, base_matching, exchanged_scores,
+                              memory_pairs, misordered_pairs, rescored_pool, rescored_sets)
 from .reward import COCO_IOU_THRESHOLDS, image_ap, match_sets
 from .reward_memory import RewardMemory, ScoredDetections
 
@@ -336,7 +335,8 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     in_baseline = ((image.cand_slot[:, None] == image.base_slot[None, :])
                    & (cand_classes[:, None] == base.pred_classes[None, :])).any(dim=1)
     num_base, num_cand = len(base), len(cand_scores)
-    first_memory_copy = num_base + num_cand + 2 * len(exchanges)
+    first_exchange_copy = num_base + num_cand
+    first_memory_copy = first_exchange_copy + 2 * len(exchanges)
     pool = first_memory_copy + len(opponents.box)
     suppressor = torch.full((num_cand,), -1, dtype=torch.long, device=device)
     if settings.reward_estimator == "swap":
@@ -355,15 +355,18 @@ def _image_sets(i: int, image: PGImage, settings: PGSettings, nms_thresh: float,
     sets = [baseline_set, estimator_sets]
     if settings.kept_box_credit:
         sets.append(_widen(_leave_one_out_sets(num_base, num_cand, device), pool))
-    sets.append(_widen(exchange_sets(num_base, num_cand, exchanges), pool))
-    sets.append(memory_sets(num_base, first_memory_copy, pool, opponents))
-    copy_boxes, copy_scores, copy_classes = exchange_pool(base, exchanges)
-    moved_boxes, moved_scores, moved_classes = memory_pool(base, opponents)
+    moved = opponents.box[:, None]
+    sets.append(rescored_sets(num_base, first_exchange_copy, pool, exchanges))
+    sets.append(rescored_sets(num_base, first_memory_copy, pool, moved))
+    copy_boxes, copy_scores, copy_classes = rescored_pool(
+        base, torch.cat([exchanges.flatten(), moved.flatten()]),
+        torch.cat([exchanged_scores(base, exchanges).flatten(),
+                   opponents.moved_score.to(base.scores)]))
     return _ImageSets(
         i, image, in_baseline, drawn, suppressor,
-        torch.cat([base.pred_boxes.tensor, cand_boxes, copy_boxes, moved_boxes]),
-        torch.cat([base.scores, rank_scores, copy_scores, moved_scores]),
-        torch.cat([base.pred_classes, cand_classes, copy_classes, moved_classes]),
+        torch.cat([base.pred_boxes.tensor, cand_boxes, copy_boxes]),
+        torch.cat([base.scores, rank_scores, copy_scores]),
+        torch.cat([base.pred_classes, cand_classes, copy_classes]),
         torch.cat(sets),
         exchanges,
         opponents,
